@@ -1,0 +1,267 @@
+package layers
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
+)
+
+// DefaultMaxDepth bounds the number of layers Open follows: a backing
+// chain deeper than this is refused as hostile rather than followed.
+const DefaultMaxDepth = 256
+
+// Options tune Open. The zero value is ready to use.
+type Options struct {
+	// Format of the opened image; FormatUnknown probes it.
+	Format Format
+	// MaxDepth bounds the chain length (default DefaultMaxDepth).
+	MaxDepth int
+	// Log receives warnings (dirty images, probed backing formats). Nil
+	// means logrus's standard logger.
+	Log logrus.FieldLogger
+}
+
+// Chain is an opened backing chain, top first.
+type Chain struct {
+	Layers []*Layer
+}
+
+// Top returns the opened image.
+func (c *Chain) Top() *Layer { return c.Layers[0] }
+
+// Close closes every file of the chain.
+func (c *Chain) Close() error {
+	var errs []error
+	for _, l := range c.Layers {
+		errs = append(errs, l.File.Close())
+		if l.DataFile != nil {
+			errs = append(errs, l.DataFile.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Open opens the image at path read-only with its whole backing chain,
+// resolving backing names as QEMU does: absolute names as they are,
+// relative names joined onto the directory of the image that names them.
+func Open(path string, opts *Options) (*Chain, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	log := opts.Log
+	if log == nil {
+		log = logrus.StandardLogger()
+	}
+	maxDepth := opts.MaxDepth
+	if maxDepth <= 0 {
+		maxDepth = DefaultMaxDepth
+	}
+	c := &Chain{}
+	fail := func(err error) (*Chain, error) {
+		c.Close()
+		return nil, err
+	}
+	type fileID struct{ dev, ino uint64 }
+	seen := map[fileID]string{}
+
+	cur, format, probed := path, opts.Format, false
+	for depth := 0; ; depth++ {
+		f, err := openHostFile(cur)
+		if err != nil {
+			if depth == 0 {
+				return fail(err)
+			}
+			parent := c.Layers[depth-1]
+			return fail(fmt.Errorf("%s: backing file %q: %w (%w)", parent.Path, parent.BackingFile, err, ErrChain))
+		}
+		if id, ok := fileIdentity(f); ok {
+			if first, dup := seen[fileID(id)]; dup {
+				f.Close()
+				parent := c.Layers[depth-1]
+				return fail(fmt.Errorf("%s: backing file %q is %s again: backing chain loop (%w)", parent.Path, parent.BackingFile, first, ErrChain))
+			}
+			seen[fileID(id)] = cur
+		}
+		if format == FormatUnknown {
+			format, err = Probe(f)
+			if err != nil {
+				f.Close()
+				return fail(err)
+			}
+			if depth > 0 {
+				probed = true
+				log.Warnf("%s: backing file %q has no recorded format; probed it as %s", c.Layers[depth-1].Path, c.Layers[depth-1].BackingFile, format)
+			}
+		}
+		l, err := openLayer(f, format, filepath.Dir(cur), log)
+		if err != nil {
+			f.Close()
+			return fail(err)
+		}
+		l.Index = depth
+		l.ProbedBacking = probed
+		c.Layers = append(c.Layers, l)
+		if depth > 0 {
+			c.Layers[depth-1].Backing = l
+		}
+		if l.BackingFile == "" {
+			return c, nil
+		}
+		if depth+1 >= maxDepth {
+			return fail(fmt.Errorf("%s: backing chain is deeper than %d layers (%w)", path, maxDepth, ErrChain))
+		}
+		next, err := resolveBacking(cur, l.BackingFile)
+		if err != nil {
+			return fail(err)
+		}
+		format, probed = FormatUnknown, false
+		if l.BackingFormat != "" {
+			if format, err = ParseFormat(l.BackingFormat); err != nil {
+				return fail(&FormatError{File: l.Path, Msg: fmt.Sprintf("backing format %q of %q is not supported (only raw and qcow2)", l.BackingFormat, l.BackingFile), Err: ErrUnsupported})
+			}
+		}
+		cur = next
+	}
+}
+
+// OpenImage opens one image of the given format from f, without its
+// backing file: Layer.ReadAt then reads unallocated ranges as zero. It is
+// what Open uses for each layer; dir resolves an external data file name
+// (empty: external data files are refused).
+func OpenImage(f *HostFile, format Format, dir string) (*Layer, error) {
+	return openLayer(f, format, dir, logrus.StandardLogger())
+}
+
+func openLayer(f *HostFile, format Format, dir string, log logrus.FieldLogger) (*Layer, error) {
+	l := &Layer{Path: f.Name, Format: format, File: f}
+	switch format {
+	case FormatRaw:
+		l.raw = openRaw(f)
+		l.Size = l.raw.size
+		l.ClusterSize = 512
+		return l, nil
+	case FormatQcow2:
+	default:
+		return nil, unsupported(f.Name, "format %s is not supported", format)
+	}
+	hdr, err := DecodeHeader(f.Name, f, f.Size())
+	if err != nil {
+		return nil, err
+	}
+	if hdr.IncompatibleFeatures&IncompatDirty != 0 {
+		log.Warnf("%s: image was not closed cleanly (dirty bit set); reading it read-only as QEMU does", f.Name)
+	}
+	if hdr.IncompatibleFeatures&IncompatCorrupt != 0 {
+		log.Warnf("%s: image is marked corrupt; reading it read-only, data may be inconsistent", f.Name)
+	}
+	var data *HostFile
+	if hdr.ExternalData() {
+		if dir == "" {
+			return nil, unsupported(f.Name, "external data file %q: no directory to resolve it in", hdr.DataFile)
+		}
+		p, err := resolveBacking(filepath.Join(dir, "x"), hdr.DataFile)
+		if err != nil {
+			return nil, err
+		}
+		if data, err = openHostFile(p); err != nil {
+			return nil, &FormatError{File: f.Name, Msg: fmt.Sprintf("external data file %q", hdr.DataFile), Err: err}
+		}
+	}
+	q, err := openQcow2(f, hdr, data)
+	if err != nil {
+		if data != nil {
+			data.Close()
+		}
+		return nil, err
+	}
+	l.q = q
+	l.Header = hdr
+	l.DataFile = data
+	l.Size = q.size
+	l.ClusterSize = q.csize
+	l.BackingFile = hdr.BackingFile
+	l.BackingFormat = hdr.BackingFormat
+	return l, nil
+}
+
+// resolveBacking resolves a backing or data file name recorded in the
+// image at parent, as QEMU's path_combine does.
+func resolveBacking(parent, name string) (string, error) {
+	if hasProtocol(name) {
+		return "", unsupported(parent, "backing file %q names a protocol; only local files are supported", name)
+	}
+	if filepath.IsAbs(name) {
+		return name, nil
+	}
+	return filepath.Join(filepath.Dir(parent), name), nil
+}
+
+// hasProtocol follows QEMU's path_has_protocol: a colon before any slash
+// ("nbd:...", "json:{...}", "https://...").
+func hasProtocol(name string) bool {
+	i := strings.IndexAny(name, ":/")
+	return i >= 0 && name[i] == ':'
+}
+
+// Probe guesses the format of f as QEMU's probing would for the formats
+// chainfs knows: qcow2 by its magic, anything else raw, except the magics
+// of formats QEMU would open with another driver, which are refused.
+func Probe(f *HostFile) (Format, error) {
+	var head [64]byte
+	n, err := f.ReadAt(head[:min(int64(len(head)), f.Size())], 0)
+	if err != nil && err != io.EOF {
+		return FormatUnknown, &FormatError{File: f.Name, Msg: "probe format", Err: err}
+	}
+	b := head[:n]
+	if len(b) >= 8 && binary.BigEndian.Uint32(b) == qcow2Magic {
+		if v := binary.BigEndian.Uint32(b[4:]); v == 2 || v == 3 {
+			return FormatQcow2, nil
+		}
+		return FormatUnknown, unsupported(f.Name, "qcow2 version %d is not supported (only 2 and 3)", binary.BigEndian.Uint32(b[4:]))
+	}
+	for _, m := range foreignMagics {
+		if bytes.HasPrefix(b, []byte(m.magic)) {
+			return FormatUnknown, unsupported(f.Name, "%s images are not supported (only qcow2 and raw)", m.name)
+		}
+	}
+	return FormatRaw, nil
+}
+
+var foreignMagics = []struct{ magic, name string }{
+	{"QFI\xfb\x00\x00\x00\x01", "qcow version 1"},
+	{"LUKS\xba\xbe", "LUKS"},
+	{"QED\x00", "qed"},
+	{"KDMV", "vmdk"},
+	{"vhdxfile", "vhdx"},
+	{"conectix", "vpc"},
+	{"<<< Oracle VM VirtualBox Disk Image >>>", "vdi"},
+}
+
+func fileIdentity(f *HostFile) (struct{ dev, ino uint64 }, bool) {
+	var id struct{ dev, ino uint64 }
+	if f.file == nil {
+		return id, false
+	}
+	st, err := f.file.Stat()
+	if err != nil {
+		return id, false
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return id, false
+	}
+	id.dev, id.ino = uint64(sys.Dev), sys.Ino
+	return id, true
+}
+
+var eof = io.EOF
+
+var _ = os.ErrNotExist

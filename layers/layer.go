@@ -1,0 +1,169 @@
+package layers
+
+import (
+	"fmt"
+	"sync"
+)
+
+// Layer is one image of a backing chain.
+type Layer struct {
+	// Index is the layer's depth below the opened image (0 = the image).
+	Index int
+	// Path is the file as QEMU resolves it: the opened path, or a backing
+	// name joined onto the directory of the image naming it.
+	Path   string
+	Format Format
+	// Size is the virtual size in bytes (a multiple of 512).
+	Size int64
+	// ClusterSize is the qcow2 cluster size; 512 for raw images.
+	ClusterSize int64
+	// BackingFile and BackingFormat are as recorded in the image ("" when
+	// absent); ProbedBacking is true when the backing format was guessed.
+	BackingFile   string
+	BackingFormat string
+	ProbedBacking bool
+	// Header is the decoded qcow2 header (nil for raw layers).
+	Header *Header
+	// File is the image file; DataFile the external data file (or nil).
+	File     *HostFile
+	DataFile *HostFile
+	// Backing is the next layer down, or nil.
+	Backing *Layer
+
+	q   *qcow2
+	raw *rawImage
+}
+
+// Status appends to dst the extents of [off, off+length) as this layer
+// alone holds them, without looking at its backing file, clipped to the
+// virtual size. Adjacent ranges of one kind that are host-contiguous come
+// back merged; compressed clusters come one per extent. It reads each L2
+// table the range touches once.
+func (l *Layer) Status(dst []Extent, off, length int64) ([]Extent, error) {
+	if off < 0 || length < 0 {
+		return dst, fmt.Errorf("%s: status of negative range", l.Path)
+	}
+	if l.q != nil {
+		return l.q.status(dst, off, length)
+	}
+	return l.raw.status(dst, off, length)
+}
+
+// MetadataPreallocated reports whether QEMU would treat this qcow2 layer
+// as created with preallocation=metadata, in which case its block status
+// asks the host file whether data clusters are holes (and reports holes as
+// zero). Always false for raw layers.
+func (l *Layer) MetadataPreallocated() (bool, error) {
+	if l.q == nil {
+		return false, nil
+	}
+	return l.q.metadataPreallocated()
+}
+
+// extentPool recycles the extent slices of ReadAt.
+var extentPool = sync.Pool{New: func() any { s := make([]Extent, 0, 64); return &s }}
+
+// ReadAt reads the layer as a guest booted from it sees it: its own data,
+// with unallocated ranges read from the backing chain (zero past a shorter
+// backing file's end, and zero where no layer has anything). Reads are
+// clipped to Size; a read starting at or past Size returns io.EOF. Safe for
+// concurrent use.
+func (l *Layer) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("%s: read at negative offset", l.Path)
+	}
+	if off >= l.Size {
+		return 0, eof
+	}
+	n := len(p)
+	short := false
+	if rem := l.Size - off; int64(n) > rem {
+		n = int(rem)
+		short = true
+	}
+	if err := l.read(p[:n], off); err != nil {
+		return 0, err
+	}
+	if short {
+		return n, eof
+	}
+	return n, nil
+}
+
+// read fills p from [off, off+len(p)), which lies within Size.
+func (l *Layer) read(p []byte, off int64) error {
+	sp := extentPool.Get().(*[]Extent)
+	defer extentPool.Put(sp)
+	exts, err := l.Status((*sp)[:0], off, int64(len(p)))
+	*sp = exts[:0]
+	if err != nil {
+		return err
+	}
+	for i := range exts {
+		e := &exts[i]
+		buf := p[e.Offset-off : e.End()-off]
+		switch e.Kind {
+		case Data:
+			if _, err := e.File.ReadAt(buf, e.HostOffset); err != nil {
+				return &FormatError{File: e.File.Name, Msg: fmt.Sprintf("read %d bytes at %#x", len(buf), e.HostOffset), Err: err}
+			}
+		case Zero:
+			clear(buf)
+		case Compressed:
+			if err := l.readCompressed(buf, e); err != nil {
+				return err
+			}
+		case Unallocated:
+			if err := l.readBacking(buf, e.Offset); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// readBacking reads an unallocated range from the backing chain.
+func (l *Layer) readBacking(buf []byte, off int64) error {
+	b := l.Backing
+	if b == nil || off >= b.Size {
+		clear(buf)
+		return nil
+	}
+	if rem := b.Size - off; int64(len(buf)) > rem {
+		clear(buf[rem:])
+		buf = buf[:rem]
+	}
+	return b.read(buf, off)
+}
+
+// readCompressed copies the part of a compressed cluster that e covers.
+func (l *Layer) readCompressed(buf []byte, e *Extent) error {
+	q := l.q
+	start := e.Offset & (q.csize - 1)
+	if start == 0 && int64(len(buf)) == q.csize {
+		return q.readCompressed(buf, e)
+	}
+	cl := clusterBufs.get(q.csize)
+	defer clusterBufs.put(cl)
+	if err := q.readCompressed(cl, e); err != nil {
+		return err
+	}
+	copy(buf, cl[start:])
+	return nil
+}
+
+// clusterBufs pools cluster-sized scratch buffers by size.
+var clusterBufs bufPools
+
+type bufPools struct{ m sync.Map } // int64 -> *sync.Pool
+
+func (b *bufPools) get(size int64) []byte {
+	p, _ := b.m.LoadOrStore(size, &sync.Pool{New: func() any { return make([]byte, size) }})
+	return p.(*sync.Pool).Get().([]byte)
+}
+
+func (b *bufPools) put(buf []byte) {
+	if p, ok := b.m.Load(int64(len(buf))); ok {
+		p.(*sync.Pool).Put(buf) //nolint:staticcheck // slices are small headers
+	}
+}

@@ -1,0 +1,317 @@
+package layers
+
+import (
+	"container/list"
+	"encoding/binary"
+	"fmt"
+	"sync"
+)
+
+// qcow2 is an opened qcow2 image: its header, L1 table and an L2 cache.
+// It knows nothing of its backing file; Layer puts the chain together.
+type qcow2 struct {
+	name  string
+	file  *HostFile // the qcow2 file
+	data  *HostFile // where guest data lives: file, or the external data file
+	hdr   *Header
+	size  int64 // virtual size, rounded down to 512 as QEMU does
+	cbits uint  // cluster bits
+	csize int64 // cluster size
+	extL2 bool
+	// l2Bits is log2 of the entries per L2 table; spanBits is log2 of the
+	// guest bytes one L2 table maps.
+	l2Bits, spanBits uint
+	l1               []l1Entry
+
+	// Compressed-cluster descriptor layout (qcow2.txt "Compressed Clusters Descriptor").
+	csizeShift  uint
+	csizeMask   uint64
+	coffsetMask uint64
+
+	l2cache  *tableCache
+	zcache   *clusterCache
+	prealloc struct {
+		once sync.Once
+		yes  bool
+		err  error
+	}
+}
+
+// l2CacheBytes bounds the memory held by one image's L2 cache; enough for
+// sequential scans and 4 TiB of guest space with 64 KiB clusters.
+const l2CacheBytes = 4 << 20
+
+// openQcow2 decodes the header and L1 table of f. data is the external data
+// file (nil: guest data lives in f).
+func openQcow2(f *HostFile, hdr *Header, data *HostFile) (*qcow2, error) {
+	q := &qcow2{
+		name:  f.Name,
+		file:  f,
+		data:  f,
+		hdr:   hdr,
+		size:  int64(hdr.Size) &^ 511,
+		cbits: uint(hdr.ClusterBits),
+		csize: hdr.ClusterSize(),
+		extL2: hdr.ExtendedL2(),
+	}
+	if data != nil {
+		q.data = data
+	}
+	entryBits := uint(3)
+	if q.extL2 {
+		entryBits = 4
+	}
+	q.l2Bits = q.cbits - entryBits
+	q.spanBits = q.cbits + q.l2Bits
+	q.csizeShift = 62 - (q.cbits - 8)
+	q.csizeMask = 1<<(q.cbits-8) - 1
+	q.coffsetMask = 1<<q.csizeShift - 1
+
+	// DecodeHeader checked the L1 size against QEMU's 32 MiB limit and the
+	// file size, so this allocation is bounded.
+	raw := make([]byte, int(hdr.L1Size)*8)
+	if _, err := f.ReadAt(raw, int64(hdr.L1TableOffset)); err != nil {
+		return nil, &FormatError{File: q.name, Msg: fmt.Sprintf("read L1 table at %#x", hdr.L1TableOffset), Err: err}
+	}
+	q.l1 = make([]l1Entry, hdr.L1Size)
+	for i := range q.l1 {
+		q.l1[i] = l1Entry(binary.BigEndian.Uint64(raw[i*8:]))
+	}
+	q.l2cache = newTableCache(max(4, l2CacheBytes/int(q.csize)))
+	q.zcache = newClusterCache(q.csize)
+	return q, nil
+}
+
+// l2Table returns the L2 table of L1 index i, or nil when the L1 entry is
+// unallocated.
+func (q *qcow2) l2Table(i int64) ([]byte, error) {
+	off := q.l1[i].l2Offset()
+	if off == 0 {
+		return nil, nil
+	}
+	if off&uint64(q.csize-1) != 0 {
+		return nil, corrupt(q.name, "L2 table offset %#x (L1 index %d) is not cluster aligned", off, i)
+	}
+	if off+uint64(q.csize) > uint64(q.file.Size()) {
+		return nil, corrupt(q.name, "L2 table at %#x (L1 index %d) lies beyond end of file (%#x)", off, i, q.file.Size())
+	}
+	if t := q.l2cache.get(off); t != nil {
+		return t, nil
+	}
+	t := make([]byte, q.csize)
+	if _, err := q.file.ReadAt(t, int64(off)); err != nil {
+		return nil, &FormatError{File: q.name, Msg: fmt.Sprintf("read L2 table at %#x (L1 index %d)", off, i), Err: err}
+	}
+	q.l2cache.put(off, t)
+	return t, nil
+}
+
+// status appends to dst the extents of [off, off+length), clipped to the
+// virtual size, in one pass over each L2 table the range touches.
+func (q *qcow2) status(dst []Extent, off, length int64) ([]Extent, error) {
+	end := min(off+length, q.size)
+	be := binary.BigEndian
+	entrySize := int64(8)
+	if q.extL2 {
+		entrySize = 16
+	}
+	for off < end {
+		l1i := off >> q.spanBits
+		spanEnd := min((l1i+1)<<q.spanBits, end)
+		if l1i >= int64(len(q.l1)) {
+			return dst, corrupt(q.name, "guest offset %#x lies beyond the L1 table", off)
+		}
+		table, err := q.l2Table(l1i)
+		if err != nil {
+			return dst, err
+		}
+		if table == nil {
+			dst = appendExtent(dst, Extent{Offset: off, Length: spanEnd - off, Kind: Unallocated})
+			off = spanEnd
+			continue
+		}
+		for off < spanEnd {
+			l2i := (off >> q.cbits) & (1<<q.l2Bits - 1)
+			e := l2Entry(be.Uint64(table[l2i*entrySize:]))
+			var bitmap uint64
+			if q.extL2 {
+				bitmap = be.Uint64(table[l2i*entrySize+8:])
+			}
+			clusterStart := off &^ (q.csize - 1)
+			clusterEnd := min(clusterStart+q.csize, spanEnd)
+			if e.compressed() {
+				ext, err := q.compressedExtent(e, clusterStart, l2i, l1i)
+				if err != nil {
+					return dst, err
+				}
+				ext.Offset, ext.Length = off, clusterEnd-off
+				dst = append(dst, ext)
+				off = clusterEnd
+				continue
+			}
+			if !q.extL2 {
+				t := q.subclusterType(e, 0, 0)
+				ext := Extent{Offset: off, Length: clusterEnd - off, Kind: t.kind()}
+				if t.hasHost() {
+					if err := q.setHost(&ext, e, off, l2i, l1i); err != nil {
+						return dst, err
+					}
+				}
+				dst = appendExtent(dst, ext)
+				off = clusterEnd
+				continue
+			}
+			scBits := q.cbits - 5
+			for off < clusterEnd {
+				sc := uint((off - clusterStart) >> scBits)
+				scEnd := min(clusterStart+int64(sc+1)<<scBits, clusterEnd)
+				t := q.subclusterType(e, bitmap, sc)
+				if t == scInvalid {
+					return dst, corrupt(q.name, "invalid extended L2 bitmap %#016x for guest cluster %#x (L2 table at %#x, index %d)",
+						bitmap, clusterStart, q.l1[l1i].l2Offset(), l2i)
+				}
+				ext := Extent{Offset: off, Length: scEnd - off, Kind: t.kind()}
+				if t.hasHost() {
+					if err := q.setHost(&ext, e, off, l2i, l1i); err != nil {
+						return dst, err
+					}
+				}
+				dst = appendExtent(dst, ext)
+				off = scEnd
+			}
+		}
+	}
+	return dst, nil
+}
+
+// setHost fills in the host offset of a subcluster that has one, after the
+// checks qcow2_get_host_offset makes (block/qcow2-cluster.c).
+func (q *qcow2) setHost(ext *Extent, e l2Entry, off, l2i, l1i int64) error {
+	host := e.hostOffset()
+	if host&uint64(q.csize-1) != 0 {
+		return corrupt(q.name, "cluster allocation offset %#x is not cluster aligned (guest offset %#x, L2 table at %#x, index %d)",
+			host, off&^(q.csize-1), q.l1[l1i].l2Offset(), l2i)
+	}
+	inCluster := uint64(off & (q.csize - 1))
+	if q.data != q.file {
+		if host != uint64(off)-inCluster {
+			return corrupt(q.name, "external data file cluster offset %#x does not match guest offset %#x (L2 index %d)",
+				host, off-int64(inCluster), l2i)
+		}
+	} else if ext.Kind == Data && host >= uint64(q.file.Size()) {
+		return corrupt(q.name, "data cluster for guest offset %#x at %#x lies beyond end of file (%#x) (L2 table at %#x, index %d)",
+			off&^(q.csize-1), host, q.file.Size(), q.l1[l1i].l2Offset(), l2i)
+	}
+	ext.File = q.data
+	ext.HostOffset = int64(host + inCluster)
+	return nil
+}
+
+// compressedExtent decodes a compressed-cluster descriptor
+// (qcow2_parse_compressed_l2_entry).
+func (q *qcow2) compressedExtent(e l2Entry, guest, l2i, l1i int64) (Extent, error) {
+	if q.data != q.file {
+		return Extent{}, corrupt(q.name, "compressed cluster for guest offset %#x in an image with an external data file (L2 index %d)", guest, l2i)
+	}
+	coff := uint64(e) & q.coffsetMask
+	sectors := (uint64(e)>>q.csizeShift)&q.csizeMask + 1
+	clen := int64(sectors*512) - int64(coff&511)
+	if coff >= uint64(q.file.Size()) {
+		return Extent{}, corrupt(q.name, "compressed cluster for guest offset %#x at %#x lies beyond end of file (%#x) (L2 table at %#x, index %d)",
+			guest, coff, q.file.Size(), q.l1[l1i].l2Offset(), l2i)
+	}
+	return Extent{Kind: Compressed, File: q.file, HostOffset: int64(coff), CompressedSize: clen}, nil
+}
+
+// appendExtent appends e to dst, merging it into the last extent when both
+// are the same kind and, where they have host offsets, host-contiguous in
+// the same file. Compressed clusters are never merged: each is its own
+// stream.
+func appendExtent(dst []Extent, e Extent) []Extent {
+	if n := len(dst); n > 0 {
+		last := &dst[n-1]
+		if last.Kind == e.Kind && e.Kind != Compressed && last.End() == e.Offset && last.File == e.File &&
+			(e.File == nil || last.HostOffset+last.Length == e.HostOffset) {
+			last.Length += e.Length
+			return dst
+		}
+	}
+	return append(dst, e)
+}
+
+// metadataPreallocated reports QEMU's guess that the image was created with
+// preallocation=metadata (qcow2_detect_metadata_preallocation): more
+// clusters have a non-zero refcount than the file occupies on disk. QEMU
+// then asks the host file whether data clusters are holes and reports those
+// as zero.
+func (q *qcow2) metadataPreallocated() (bool, error) {
+	q.prealloc.once.Do(func() { q.prealloc.yes, q.prealloc.err = q.detectMetadataPreallocation() })
+	return q.prealloc.yes, q.prealloc.err
+}
+
+func (q *qcow2) detectMetadataPreallocation() (bool, error) {
+	real, err := q.file.AllocatedBytes()
+	if err != nil {
+		return false, err
+	}
+	realClusters := real / q.csize
+	threshold := max(realClusters*10/9, realClusters+2)
+	endCluster := (q.file.Size() + q.csize - 1) / q.csize
+	rc, err := newRefcounts(q)
+	if err != nil {
+		return false, err
+	}
+	var count int64
+	for i := int64(0); i < endCluster && count < threshold; i++ {
+		r, err := rc.get(i)
+		if err != nil {
+			return false, err
+		}
+		if r != 0 {
+			count++
+		}
+	}
+	return count >= threshold, nil
+}
+
+// tableCache is a bounded LRU of metadata tables keyed by file offset.
+type tableCache struct {
+	mu    sync.Mutex
+	max   int
+	ll    *list.List
+	items map[uint64]*list.Element
+}
+
+type tableEntry struct {
+	off uint64
+	buf []byte
+}
+
+func newTableCache(max int) *tableCache {
+	return &tableCache{max: max, ll: list.New(), items: make(map[uint64]*list.Element)}
+}
+
+func (c *tableCache) get(off uint64) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.items[off]; ok {
+		c.ll.MoveToFront(el)
+		return el.Value.(*tableEntry).buf
+	}
+	return nil
+}
+
+func (c *tableCache) put(off uint64, buf []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.items[off]; ok {
+		c.ll.MoveToFront(el)
+		return
+	}
+	c.items[off] = c.ll.PushFront(&tableEntry{off, buf})
+	for c.ll.Len() > c.max {
+		old := c.ll.Back()
+		c.ll.Remove(old)
+		delete(c.items, old.Value.(*tableEntry).off)
+	}
+}
