@@ -7,8 +7,8 @@ const (
 	l2Copied       = 1 << 63
 	l2Compressed   = 1 << 62
 	l2ZeroFlag     = 1 << 0
-	subclusters    = 32          // subclusters per cluster with extended L2
-	allAllocBits   = 0xffffffff  // bitmap bits 0-31: subcluster allocated
+	subclusters    = 32         // subclusters per cluster with extended L2
+	allAllocBits   = 0xffffffff // bitmap bits 0-31: subcluster allocated
 	allZeroBits    = 0xffffffff << 32
 	l1ReservedBits = 0x7f000000000001ff
 )
