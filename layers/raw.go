@@ -14,8 +14,9 @@ func openRaw(f *HostFile) *rawImage {
 
 // status reports data and holes of the file, as QEMU's raw format driver
 // passes block status through to file-posix (raw_co_block_status): data is
-// Data at the same host offset, a hole is Zero with a host offset. A data
-// extent ending at an unaligned end of file is rounded up to 512 bytes.
+// Data at the same host offset, a hole is Zero with a host offset. Without
+// O_DIRECT the file's request alignment is one byte, so the zero tail that
+// rounds the virtual size up to 512 is a hole of its own.
 func (r *rawImage) status(dst []Extent, off, length int64) ([]Extent, error) {
 	end := min(off+length, r.size)
 	for off < end {
@@ -25,9 +26,6 @@ func (r *rawImage) status(dst []Extent, off, length int64) ([]Extent, error) {
 		}
 		if n <= 0 {
 			n = end - off
-		}
-		if data && off+n == r.file.Size() {
-			n = min((off+n+511)&^511, end) - off
 		}
 		k := Zero
 		if data {
