@@ -36,7 +36,7 @@ func raw(t *testing.T, dir, name string, size int64) string {
 	return imagetest.Create(t, dir, name, "raw", size)
 }
 
-func io(t *testing.T, path, format string, cmds ...string) {
+func qio(t *testing.T, path, format string, cmds ...string) {
 	imagetest.QemuIO(t, format, path, cmds...)
 }
 
@@ -49,9 +49,9 @@ func seedChain(t *testing.T, dir, baseFmt string) string {
 	} else {
 		base = qcow2(t, dir, "base.qcow2", 256*K)
 	}
-	io(t, base, baseFmt, "write -P 0x41 0 64k", "write -P 0x42 64k 64k", "write -P 0x43 128k 64k")
+	qio(t, base, baseFmt, "write -P 0x41 0 64k", "write -P 0x42 64k 64k", "write -P 0x43 128k 64k")
 	top := qcow2(t, dir, "top.qcow2", 256*K, "backing_file="+filepath.Base(base), "backing_fmt="+baseFmt)
-	io(t, top, "qcow2", "write -P 0x44 64k 64k", "write -z 128k 64k")
+	qio(t, top, "qcow2", "write -P 0x44 64k 64k", "write -z 128k 64k")
 	return top
 }
 
@@ -69,9 +69,9 @@ var cases = []chainCase{
 	}},
 	{name: "iotest 154: sub-cluster writes and write-zeroes over a backing file", build: func(t *testing.T, dir string) string {
 		base := qcow2(t, dir, "base.qcow2", 4*M, "cluster_size=4096")
-		io(t, base, "qcow2", "write -P 0x11 32k 1k", "write -P 0x22 40k 4k", "write -P 0x33 1M 8k")
+		qio(t, base, "qcow2", "write -P 0x11 32k 1k", "write -P 0x22 40k 4k", "write -P 0x33 1M 8k")
 		top := qcow2(t, dir, "top.qcow2", 4*M, "cluster_size=4096", "backing_file=base.qcow2", "backing_fmt=qcow2")
-		io(t, top, "qcow2",
+		qio(t, top, "qcow2",
 			"write -z 0 4k", "write -z 8k 1k", "write -z 17k 2k",
 			"write -P 0x55 34k 1k", "write -z 33k 1k", "write -z 41k 1k",
 			"write -z 1M 2k", "write -P 0x66 1030k 1k", "write -z 2M 12k")
@@ -79,87 +79,87 @@ var cases = []chainCase{
 	}},
 	{name: "compressed zlib and zstd layers over data", build: func(t *testing.T, dir string) string {
 		base := raw(t, dir, "base.raw", 4*M)
-		io(t, base, "raw", "write -P 0x10 0 4M")
+		qio(t, base, "raw", "write -P 0x10 0 4M")
 		mid := qcow2(t, dir, "mid.qcow2", 4*M, "compression_type=zstd", "backing_file=base.raw", "backing_fmt=raw")
-		io(t, mid, "qcow2", "write -c -P 0x21 0 64k", "write -c -P 0x22 1M 128k", "write -z 2M 64k")
+		qio(t, mid, "qcow2", "write -c -P 0x21 0 64k", "write -c -P 0x22 1M 128k", "write -z 2M 64k")
 		top := qcow2(t, dir, "top.qcow2", 4*M, "backing_file=mid.qcow2", "backing_fmt=qcow2")
-		io(t, top, "qcow2", "write -c -P 0x31 64k 64k", "write -c -P 0x32 128k 64k", "write -P 0x33 3M 64k")
+		qio(t, top, "qcow2", "write -c -P 0x31 64k 64k", "write -c -P 0x32 128k 64k", "write -P 0x33 3M 64k")
 		return top
 	}, compressed: [][2]int64{{64 * K, 128 * K}}},
 	{name: "qemu-img convert -c with zstd", build: func(t *testing.T, dir string) string {
 		src := raw(t, dir, "src.raw", 2*M)
-		io(t, src, "raw", "write -P 0x5a 0 512k", "write -P 0x5b 1M 64k")
+		qio(t, src, "raw", "write -P 0x5a 0 512k", "write -P 0x5b 1M 64k")
 		out := filepath.Join(dir, "conv.qcow2")
 		imagetest.QemuImg(t, "convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "compression_type=zstd", src, out)
 		return out
 	}, compressed: [][2]int64{{0, 512 * K}, {1 * M, 64 * K}}},
 	{name: "extended L2 over a backing file", build: func(t *testing.T, dir string) string {
 		base := raw(t, dir, "base.raw", 2*M)
-		io(t, base, "raw", "write -P 0x77 0 2M")
+		qio(t, base, "raw", "write -P 0x77 0 2M")
 		top := qcow2(t, dir, "top.qcow2", 2*M, "extended_l2=on", "cluster_size=64k", "backing_file=base.raw", "backing_fmt=raw")
-		io(t, top, "qcow2", "write -P 1 0 2k", "write -P 2 6k 4k", "write -z 64k 4k", "write -z 128k 64k",
+		qio(t, top, "qcow2", "write -P 1 0 2k", "write -P 2 6k 4k", "write -z 64k 4k", "write -z 128k 64k",
 			"write -P 3 256k 64k", "discard 256k 2k", "write -z -u 512k 64k", "write -P 4 1054k 10k")
 		return top
 	}},
 	{name: "extended L2 without a backing file", build: func(t *testing.T, dir string) string {
 		top := qcow2(t, dir, "top.qcow2", 1*M, "extended_l2=on", "cluster_size=32k")
-		io(t, top, "qcow2", "write -P 1 0 1k", "write -P 2 5k 1k", "write -z 40k 2k", "write -z 96k 32k")
+		qio(t, top, "qcow2", "write -P 1 0 1k", "write -P 2 5k 1k", "write -z 40k 2k", "write -z 96k 32k")
 		return top
 	}},
 	{name: "external data file", build: func(t *testing.T, dir string) string {
 		base := qcow2(t, dir, "base.qcow2", 2*M)
-		io(t, base, "qcow2", "write -P 0x61 0 1M")
+		qio(t, base, "qcow2", "write -P 0x61 0 1M")
 		top := qcow2(t, dir, "top.qcow2", 2*M, "data_file="+filepath.Join(dir, "top.data"), "backing_file=base.qcow2", "backing_fmt=qcow2")
-		io(t, top, "qcow2", "write -P 0x62 64k 64k", "write -z 256k 64k", "write -P 0x63 1M 128k")
+		qio(t, top, "qcow2", "write -P 0x62 64k 64k", "write -z 256k 64k", "write -P 0x63 1M 128k")
 		return top
 	}},
 	{name: "external data file with data_file_raw", build: func(t *testing.T, dir string) string {
 		top := qcow2(t, dir, "top.qcow2", 2*M, "data_file="+filepath.Join(dir, "top.data"), "data_file_raw=on")
-		io(t, top, "qcow2", "write -P 0x62 64k 64k", "write -z 256k 64k", "write -P 0x63 1M 128k")
+		qio(t, top, "qcow2", "write -P 0x62 64k 64k", "write -z 256k 64k", "write -P 0x63 1M 128k")
 		return top
 	}},
 	{name: "preallocation=metadata", build: func(t *testing.T, dir string) string {
 		top := qcow2(t, dir, "top.qcow2", 8*M, "preallocation=metadata")
-		io(t, top, "qcow2", "write -P 0x1 0 64k", "write -P 0x2 3M 192k", "write -z 5M 64k")
+		qio(t, top, "qcow2", "write -P 0x1 0 64k", "write -P 0x2 3M 192k", "write -z 5M 64k")
 		return top
 	}},
 	{name: "preallocation=metadata over a backing file", build: func(t *testing.T, dir string) string {
 		base := raw(t, dir, "base.raw", 4*M)
-		io(t, base, "raw", "write -P 0x9 0 4M")
+		qio(t, base, "raw", "write -P 0x9 0 4M")
 		top := qcow2(t, dir, "top.qcow2", 4*M, "preallocation=metadata", "extended_l2=on", "backing_file=base.raw", "backing_fmt=raw")
-		io(t, top, "qcow2", "write -P 0x1 1M 64k")
+		qio(t, top, "qcow2", "write -P 0x1 1M 64k")
 		return top
 	}},
 	{name: "preallocation=falloc", build: func(t *testing.T, dir string) string {
 		top := qcow2(t, dir, "top.qcow2", 4*M, "preallocation=falloc")
-		io(t, top, "qcow2", "write -P 0x1 64k 64k")
+		qio(t, top, "qcow2", "write -P 0x1 64k 64k")
 		return top
 	}},
 	{name: "preallocation=full", build: func(t *testing.T, dir string) string {
 		top := qcow2(t, dir, "top.qcow2", 4*M, "preallocation=full")
-		io(t, top, "qcow2", "write -P 0x1 64k 64k", "write -z 1M 64k")
+		qio(t, top, "qcow2", "write -P 0x1 64k 64k", "write -z 1M 64k")
 		return top
 	}},
 	{name: "backing shorter than the top", build: func(t *testing.T, dir string) string {
 		base := raw(t, dir, "base.raw", 1*M)
-		io(t, base, "raw", "write -P 0x1 0 1M")
+		qio(t, base, "raw", "write -P 0x1 0 1M")
 		top := qcow2(t, dir, "top.qcow2", 3*M, "backing_file=base.raw", "backing_fmt=raw")
-		io(t, top, "qcow2", "write -P 0x2 512k 64k", "write -P 0x3 2M 64k")
+		qio(t, top, "qcow2", "write -P 0x2 512k 64k", "write -P 0x3 2M 64k")
 		return top
 	}},
 	{name: "short middle layer hides the base past its end", build: func(t *testing.T, dir string) string {
 		base := qcow2(t, dir, "base.qcow2", 4*M)
-		io(t, base, "qcow2", "write -P 0x1 0 4M")
+		qio(t, base, "qcow2", "write -P 0x1 0 4M")
 		qcow2(t, dir, "mid.qcow2", 1*M, "backing_file=base.qcow2", "backing_fmt=qcow2")
 		top := qcow2(t, dir, "top.qcow2", 4*M, "backing_file=mid.qcow2", "backing_fmt=qcow2")
-		io(t, top, "qcow2", "write -P 0x3 3M 64k")
+		qio(t, top, "qcow2", "write -P 0x3 3M 64k")
 		return top
 	}},
 	{name: "backing longer than the top", build: func(t *testing.T, dir string) string {
 		base := qcow2(t, dir, "base.qcow2", 4*M)
-		io(t, base, "qcow2", "write -P 0x1 0 4M")
+		qio(t, base, "qcow2", "write -P 0x1 0 4M")
 		top := qcow2(t, dir, "top.qcow2", 1*M+512, "backing_file=base.qcow2", "backing_fmt=qcow2")
-		io(t, top, "qcow2", "write -P 0x2 64k 64k")
+		qio(t, top, "qcow2", "write -P 0x2 64k 64k")
 		return top
 	}},
 	{name: "sparse raw base of unaligned length", build: func(t *testing.T, dir string) string {
@@ -170,21 +170,21 @@ var cases = []chainCase{
 		if err := os.Truncate(base, 3*M+1000); err != nil {
 			t.Fatal(err)
 		}
-		io(t, base, "raw", "write -P 0x1 1M 128k", "write -P 0x2 3M 1000")
+		qio(t, base, "raw", "write -P 0x1 1M 128k", "write -P 0x2 3M 1000")
 		top := qcow2(t, dir, "top.qcow2", 4*M, "backing_file=base.raw", "backing_fmt=raw", "cluster_size=512")
-		io(t, top, "qcow2", "write -P 0x3 1048576 1k", "write -z 3M 512")
+		qio(t, top, "qcow2", "write -P 0x3 1048576 1k", "write -z 3M 512")
 		return top
 	}},
 	{name: "version 2 image with 2 MiB clusters", build: func(t *testing.T, dir string) string {
 		base := qcow2(t, dir, "base.qcow2", 8*M, "compat=0.10", "cluster_size=2M")
-		io(t, base, "qcow2", "write -P 0x1 0 3M")
+		qio(t, base, "qcow2", "write -P 0x1 0 3M")
 		top := qcow2(t, dir, "top.qcow2", 8*M, "compat=0.10", "backing_file=base.qcow2", "backing_fmt=qcow2")
-		io(t, top, "qcow2", "write -z 64k 64k", "write -P 2 5M 64k")
+		qio(t, top, "qcow2", "write -z 64k 64k", "write -P 2 5M 64k")
 		return top
 	}},
 	{name: "22-layer chain", build: func(t *testing.T, dir string) string {
 		prev := raw(t, dir, "l00.raw", 2*M)
-		io(t, prev, "raw", "write -P 0x1 0 64k")
+		qio(t, prev, "raw", "write -P 0x1 0 64k")
 		fmt0 := "raw"
 		for i := 1; i < 22; i++ {
 			name := fmt.Sprintf("l%02d.qcow2", i)
@@ -193,7 +193,7 @@ var cases = []chainCase{
 			if i%5 == 0 {
 				cmd = fmt.Sprintf("write -z %dk 64k", 64*(i-3))
 			}
-			io(t, p, "qcow2", cmd)
+			qio(t, p, "qcow2", cmd)
 			prev, fmt0 = p, "qcow2"
 		}
 		return prev
