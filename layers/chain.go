@@ -27,6 +27,11 @@ type Options struct {
 	// Log receives warnings (dirty images, probed backing formats). Nil
 	// means logrus's standard logger.
 	Log logrus.FieldLogger
+	// ForceShare skips QEMU's image locks as `qemu-img -U` does: the chain
+	// opens even while a VM writes to it (and may then read torn data).
+	// Without it, Open refuses an image another process has open for
+	// writing, and holds locks until Close so that none can open it so.
+	ForceShare bool
 }
 
 // Chain is an opened backing chain, top first.
@@ -82,6 +87,10 @@ func Open(path string, opts *Options) (*Chain, error) {
 			parent := c.Layers[depth-1]
 			return fail(fmt.Errorf("%s: backing file %q: %w (%w)", parent.Path, parent.BackingFile, err, ErrChain))
 		}
+		if err := f.lockReadOnly(opts.ForceShare); err != nil {
+			f.Close()
+			return fail(err)
+		}
 		if id, ok := fileIdentity(f); ok {
 			if first, dup := seen[fileID(id)]; dup {
 				f.Close()
@@ -105,6 +114,13 @@ func Open(path string, opts *Options) (*Chain, error) {
 		if err != nil {
 			f.Close()
 			return fail(err)
+		}
+		if l.DataFile != nil {
+			if err := l.DataFile.lockReadOnly(opts.ForceShare); err != nil {
+				l.DataFile.Close()
+				f.Close()
+				return fail(err)
+			}
 		}
 		l.Index = depth
 		l.ProbedBacking = probed

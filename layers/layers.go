@@ -130,7 +130,7 @@ type FormatError struct {
 }
 
 func (e *FormatError) Error() string {
-	if e.Err != nil && e.Err != ErrCorrupt && e.Err != ErrUnsupported {
+	if e.Err != nil && e.Err != ErrCorrupt && e.Err != ErrUnsupported && e.Err != ErrLocked {
 		if e.Msg == "" {
 			return e.File + ": " + e.Err.Error()
 		}
