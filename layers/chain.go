@@ -32,6 +32,10 @@ type Options struct {
 	// Without it, Open refuses an image another process has open for
 	// writing, and holds locks until Close so that none can open it so.
 	ForceShare bool
+	// Confine, when set, refuses any file of the chain (image, backing or
+	// external data file) whose real path, symlinks resolved, lies outside
+	// this directory: names inside images are chosen by whoever wrote them.
+	Confine string
 }
 
 // Chain is an opened backing chain, top first.
@@ -79,6 +83,9 @@ func Open(path string, opts *Options) (*Chain, error) {
 
 	cur, format, probed := path, opts.Format, false
 	for depth := 0; ; depth++ {
+		if err := confined(opts.Confine, cur); err != nil {
+			return fail(err)
+		}
 		f, err := openHostFile(cur)
 		if err != nil {
 			if depth == 0 {
@@ -116,6 +123,11 @@ func Open(path string, opts *Options) (*Chain, error) {
 			return fail(err)
 		}
 		if l.DataFile != nil {
+			if err := confined(opts.Confine, l.DataFile.Name); err != nil {
+				l.DataFile.Close()
+				f.Close()
+				return fail(err)
+			}
 			if err := l.DataFile.lockReadOnly(opts.ForceShare); err != nil {
 				l.DataFile.Close()
 				f.Close()
@@ -281,3 +293,33 @@ func fileIdentity(f *HostFile) (struct{ dev, ino uint64 }, bool) {
 var eof = io.EOF
 
 var _ = os.ErrNotExist
+
+// ErrConfined: a chain member lies outside the directory Options.Confine.
+var ErrConfined = errors.New("outside the confining directory")
+
+// confined checks that the real path of name lies inside dir ("" allows
+// everything). A name that does not resolve is left for open to report.
+func confined(dir, name string) error {
+	if dir == "" {
+		return nil
+	}
+	root, err := filepath.EvalSymlinks(dir)
+	if err == nil {
+		root, err = filepath.Abs(root)
+	}
+	if err != nil {
+		return fmt.Errorf("confining directory %s: %w", dir, err)
+	}
+	real, err := filepath.EvalSymlinks(name)
+	if err != nil {
+		return nil
+	}
+	if real, err = filepath.Abs(real); err != nil {
+		return nil
+	}
+	rel, err := filepath.Rel(root, real)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return fmt.Errorf("%s: real path %s lies outside %s (%w)", name, real, root, ErrConfined)
+	}
+	return nil
+}
