@@ -117,17 +117,12 @@ func Open(path string, opts *Options) (*Chain, error) {
 				log.Warnf("%s: backing file %q has no recorded format; probed it as %s", c.Layers[depth-1].Path, c.Layers[depth-1].BackingFile, format)
 			}
 		}
-		l, err := openLayer(f, format, filepath.Dir(cur), log)
+		l, err := openLayer(f, format, filepath.Dir(cur), opts.Confine, log)
 		if err != nil {
 			f.Close()
 			return fail(err)
 		}
 		if l.DataFile != nil {
-			if err := confined(opts.Confine, l.DataFile.Name); err != nil {
-				l.DataFile.Close()
-				f.Close()
-				return fail(err)
-			}
 			if err := l.DataFile.lockReadOnly(opts.ForceShare); err != nil {
 				l.DataFile.Close()
 				f.Close()
@@ -165,10 +160,10 @@ func Open(path string, opts *Options) (*Chain, error) {
 // what Open uses for each layer; dir resolves an external data file name
 // (empty: external data files are refused).
 func OpenImage(f *HostFile, format Format, dir string) (*Layer, error) {
-	return openLayer(f, format, dir, logrus.StandardLogger())
+	return openLayer(f, format, dir, "", logrus.StandardLogger())
 }
 
-func openLayer(f *HostFile, format Format, dir string, log logrus.FieldLogger) (*Layer, error) {
+func openLayer(f *HostFile, format Format, dir, confine string, log logrus.FieldLogger) (*Layer, error) {
 	l := &Layer{Path: f.Name, Format: format, File: f}
 	switch format {
 	case FormatRaw:
@@ -197,6 +192,9 @@ func openLayer(f *HostFile, format Format, dir string, log logrus.FieldLogger) (
 		}
 		p, err := resolveBacking(filepath.Join(dir, "x"), hdr.DataFile)
 		if err != nil {
+			return nil, err
+		}
+		if err := confined(confine, p); err != nil {
 			return nil, err
 		}
 		if data, err = openHostFile(p); err != nil {

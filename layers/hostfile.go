@@ -35,7 +35,18 @@ func NewHostFile(name string, r io.ReaderAt, size int64) *HostFile {
 // openHostFile opens path read-only. Only regular files and block devices
 // are accepted: a directory or a FIFO is not an image.
 func openHostFile(path string) (*HostFile, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_CLOEXEC, 0)
+	// Look before opening: opening a FIFO or a tty named by a hostile
+	// image must not block or have side effects. O_NONBLOCK covers the
+	// race between the two.
+	if st, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() && (st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0) {
+		if st.IsDir() {
+			return nil, &os.PathError{Op: "open", Path: path, Err: syscall.EISDIR}
+		}
+		return nil, &os.PathError{Op: "open", Path: path, Err: errors.New("not a regular file or block device")}
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
