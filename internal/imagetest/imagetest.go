@@ -27,6 +27,12 @@ import (
 	"time"
 )
 
+// Helpers that take an image path run the tool in the image's directory,
+// with the path made absolute. QEMU 7.2 resolves a relative external data
+// file name against the working directory (unlike backing file names,
+// which it resolves against the image's directory); running in the
+// image's directory makes both resolve as chainfs resolves them.
+
 // CommandTimeout bounds every tool invocation.
 var CommandTimeout = 2 * time.Minute
 
@@ -106,6 +112,16 @@ func commandLine(tool string, args []string) string {
 	return b.String()
 }
 
+// abs returns path made absolute and its directory.
+func abs(t testing.TB, path string) (string, string) {
+	t.Helper()
+	p, err := filepath.Abs(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, filepath.Dir(p)
+}
+
 // QemuImg runs qemu-img with args and returns its stdout.
 func QemuImg(t testing.TB, args ...string) string {
 	t.Helper()
@@ -123,8 +139,9 @@ func QemuIO(t testing.TB, format, file string, cmds ...string) string {
 	for _, c := range cmds {
 		args = append(args, "-c", c)
 	}
+	file, dir := abs(t, file)
 	args = append(args, file)
-	out := Run(t, "", "qemu-io", args...)
+	out := Run(t, dir, "qemu-io", args...)
 	for _, line := range strings.Split(out, "\n") {
 		if strings.Contains(line, "failed:") || strings.HasPrefix(line, "qemu-io:") {
 			t.Fatalf("%s: %s\nstdout:\n%s", commandLine("qemu-io", args), line, out)
@@ -167,7 +184,8 @@ func ConvertRawFile(t testing.TB, path, format string) string {
 	}
 	out := f.Name()
 	f.Close()
-	Run(t, "", "qemu-img", "convert", "-f", format, "-O", "raw", path, out)
+	path, dir := abs(t, path)
+	Run(t, dir, "qemu-img", "convert", "-f", format, "-O", "raw", path, out)
 	return out
 }
 
@@ -187,7 +205,8 @@ func ConvertRaw(t testing.TB, path, format string) []byte {
 // path`.
 func QemuMapJSON(t testing.TB, path, format string) string {
 	t.Helper()
-	return QemuImg(t, "map", "--output=json", "-f", format, path)
+	path, dir := abs(t, path)
+	return Run(t, dir, "qemu-img", "map", "--output=json", "-f", format, path)
 }
 
 // MapEntry is one entry of `qemu-img map --output=json`. Offset is nil when
@@ -253,8 +272,10 @@ func ServeNBD(t testing.TB, path, format string, args ...string) (uri string, st
 	}
 	sock := filepath.Join(sockDir, "s")
 	full := append([]string{"-r", "-t", "-f", format, "--socket=" + sock}, args...)
+	path, dir := abs(t, path)
 	full = append(full, path)
 	cmd := exec.Command(bin, full...)
+	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
