@@ -1,0 +1,110 @@
+package fs
+
+import (
+	"bytes"
+	"fmt"
+	"log"
+	"runtime"
+	"strings"
+	"sync"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+
+	"github.com/chainfs/chainfs/layers"
+)
+
+// Mount mounts chain read-only at mountpoint and serves it until the
+// returned server is unmounted (Server.Unmount, fusermount3 -u); it returns
+// once the kernel has the mount. The chain must stay open until
+// Server.Wait returns.
+func Mount(mountpoint string, chain *layers.Chain, opts *Options) (*fuse.Server, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	srv, err := gofs.Mount(mountpoint, NewRoot(chain, opts), GoFuseOptions(chain, opts))
+	if err != nil {
+		return nil, fmt.Errorf("mount %s at %s: %w", chain.Top().Path, mountpoint, err)
+	}
+	return srv, nil
+}
+
+// GoFuseOptions turns opts into go-fuse's options for a mount of chain.
+func GoFuseOptions(chain *layers.Chain, opts *Options) *gofs.Options {
+	logger := opts.log()
+	timeout := opts.cacheTimeout()
+	fsname := opts.FsName
+	if fsname == "" {
+		fsname = chain.Top().Path
+	}
+	// "ro" makes the kernel refuse every write with EROFS before it
+	// reaches us; nosuid and nodev are fusermount3's defaults anyway.
+	mopts := []string{"ro", "nosuid", "nodev"}
+	if opts.DefaultPermissions {
+		mopts = append(mopts, "default_permissions")
+	}
+	mopts = append(mopts, opts.ExtraOptions...)
+	wire := log.New(&logWriter{log: logger.WithField("src", "go-fuse"), trace: opts.Debug}, "", 0)
+	return &gofs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther: opts.AllowOther,
+			Options:    mopts,
+			FsName:     fsname,
+			Name:       "chainfs", // the type is fuse.chainfs
+			MaxWrite:   opts.maxRead(),
+			// The kernel caps readahead at its own default (128 KiB) but
+			// takes a smaller value if given one: ask for the most.
+			MaxReadAhead:  opts.maxRead(),
+			MaxBackground: DefaultMaxBackground,
+			// Not READDIRPLUS: a plain `ls` must not stat every file, since
+			// stat renders the maps. `ls -l` looks each name up instead.
+			DisableReadDirPlus: true,
+			// No xattrs: the kernel stops asking after the first ENOSYS,
+			// which saves a round trip per `ls -l` entry.
+			DisableXAttrs: true,
+			Debug:         opts.Debug,
+			Logger:        wire,
+			PanicHandler: func(v any) fuse.Status {
+				buf := make([]byte, 64<<10)
+				buf = buf[:runtime.Stack(buf, false)]
+				logger.WithField("panic", fmt.Sprint(v)).Errorf("BUG: panic in a FUSE request handler, replying EIO\n%s", buf)
+				return fuse.EIO
+			},
+		},
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		Logger:          wire,
+	}
+}
+
+// logWriter sends go-fuse's log lines to logrus: with trace set, the wire
+// trace ("rx 12: READ ...", "tx 12: OK ...") at info level, everything else
+// go-fuse says as a warning.
+type logWriter struct {
+	log   logrus.FieldLogger
+	trace bool
+	mu    sync.Mutex
+	part  []byte
+}
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.part = append(w.part, p...)
+	for {
+		i := bytes.IndexByte(w.part, '\n')
+		if i < 0 {
+			break
+		}
+		line := string(w.part[:i])
+		w.part = w.part[i+1:]
+		if w.trace {
+			w.log.Info(line)
+		} else if strings.TrimSpace(line) != "" {
+			w.log.Warn(line)
+		}
+	}
+	return len(p), nil
+}

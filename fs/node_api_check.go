@@ -1,0 +1,29 @@
+package fs
+
+import (
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+)
+
+// The FUSE operations each node type answers. go-fuse finds them by
+// interface assertion at run time, so a mistyped signature would silently
+// fall back to a default; these lines make it a compile error.
+
+var _ = (gofs.NodeOnAdder)((*rootNode)(nil))
+var _ = (gofs.NodeGetattrer)((*rootNode)(nil))
+var _ = (gofs.NodeSetattrer)((*rootNode)(nil))
+var _ = (gofs.NodeStatfser)((*rootNode)(nil))
+
+var _ = (gofs.NodeGetattrer)((*rawNode)(nil))
+var _ = (gofs.NodeSetattrer)((*rawNode)(nil))
+var _ = (gofs.NodeOpener)((*rawNode)(nil))
+var _ = (gofs.NodeReader)((*rawNode)(nil))
+var _ = (gofs.NodeWriter)((*rawNode)(nil))
+var _ = (gofs.NodeAllocater)((*rawNode)(nil))
+var _ = (gofs.NodeLseeker)((*rawNode)(nil))
+
+var _ = (gofs.NodeGetattrer)((*genNode)(nil))
+var _ = (gofs.NodeSetattrer)((*genNode)(nil))
+var _ = (gofs.NodeOpener)((*genNode)(nil))
+var _ = (gofs.NodeReader)((*genNode)(nil))
+var _ = (gofs.NodeWriter)((*genNode)(nil))
+var _ = (gofs.NodeAllocater)((*genNode)(nil))

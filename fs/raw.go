@@ -1,0 +1,121 @@
+package fs
+
+import (
+	"context"
+	"io"
+	"sync"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+
+	"github.com/chainfs/chainfs/status"
+)
+
+// rawNode is N-name.raw: the layer read with its backing chain.
+type rawNode struct {
+	gofs.Inode
+	file
+
+	// mu guards dataBytes, computed on the first stat (a walk of the
+	// layer's map) and kept: the image cannot change under the mount.
+	mu        sync.Mutex
+	dataBytes int64
+	haveData  bool
+}
+
+// usedBytes returns the bytes the layer's map marks "data": true.
+func (n *rawNode) usedBytes() (int64, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.haveData {
+		b, err := status.DataBytes(n.layer)
+		if err != nil {
+			return 0, err
+		}
+		n.dataBytes, n.haveData = b, true
+	}
+	return n.dataBytes, nil
+}
+
+// Getattr reports the virtual size, and as st_blocks the data bytes of the
+// layer's map, so du and ls -s show what the layer really holds.
+func (n *rawNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	used, err := n.usedBytes()
+	if err != nil {
+		n.log.WithField("op", "getattr").WithError(err).Error("computing the data bytes (st_blocks) of the layer's map failed: EIO")
+		return syscall.EIO
+	}
+	n.fill(out, n.layer.Size, blocks(used))
+	return 0
+}
+
+// Open allows reading only. The content never changes, so the kernel may
+// keep its page cache across opens, and closing needs no FLUSH round trip.
+func (n *rawNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if errno := n.openFlags(flags); errno != 0 {
+		return nil, 0, errno
+	}
+	return nil, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
+}
+
+// Read fills dest straight from the layer; reads at or past the end are
+// empty.
+func (n *rawNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if off < 0 {
+		n.log.WithFields(logrus.Fields{"op": "read", "off": uint64(off), "len": len(dest)}).Error("read at an offset past 2^63: EINVAL")
+		return nil, syscall.EINVAL
+	}
+	if off >= n.layer.Size {
+		return fuse.ReadResultData(nil), 0
+	}
+	got, err := n.layer.ReadAt(dest, off)
+	if err != nil && err != io.EOF {
+		n.log.WithFields(logrus.Fields{"op": "read", "off": off, "len": len(dest)}).WithError(err).Error("read failed: EIO")
+		return nil, syscall.EIO
+	}
+	return fuse.ReadResultData(dest[:got]), 0
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE (the kernel handles the other
+// whences itself) from the layer's map: holes are exactly the ranges it
+// marks "data": false. As lseek(2) specifies, SEEK_DATA with no data at or
+// after off, and either whence at or past the end, are ENXIO; SEEK_HOLE
+// with no hole left returns the size (the implicit hole at EOF).
+func (n *rawNode) Lseek(ctx context.Context, fh gofs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+	size := uint64(n.layer.Size)
+	switch whence {
+	case unixSeekData:
+		if off >= size {
+			return 0, syscall.ENXIO
+		}
+		at, ok, err := status.SeekData(n.layer, int64(off))
+		if err != nil {
+			n.log.WithFields(logrus.Fields{"op": "lseek", "whence": "SEEK_DATA", "off": off}).WithError(err).Error("walking the layer's map failed: EIO")
+			return 0, syscall.EIO
+		}
+		if !ok {
+			return 0, syscall.ENXIO
+		}
+		return uint64(at), 0
+	case unixSeekHole:
+		if off >= size {
+			return 0, syscall.ENXIO
+		}
+		at, err := status.SeekHole(n.layer, int64(off))
+		if err != nil {
+			n.log.WithFields(logrus.Fields{"op": "lseek", "whence": "SEEK_HOLE", "off": off}).WithError(err).Error("walking the layer's map failed: EIO")
+			return 0, syscall.EIO
+		}
+		return uint64(at), 0
+	}
+	n.log.WithFields(logrus.Fields{"op": "lseek", "whence": whence, "off": off}).Warn("unexpected whence from the kernel: EINVAL")
+	return 0, syscall.EINVAL
+}
+
+// SEEK_DATA and SEEK_HOLE (linux/fs.h); package syscall lacks them.
+const (
+	unixSeekData = 3
+	unixSeekHole = 4
+)
