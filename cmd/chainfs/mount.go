@@ -1,0 +1,232 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+
+	chainfs "github.com/chainfs/chainfs/fs"
+	"github.com/chainfs/chainfs/layers"
+)
+
+const mountSynopsis = `mount [options] IMAGE MOUNTPOINT
+
+Mounts the backing chain of IMAGE read-only at MOUNTPOINT and returns once
+the mount is ready, serving it in the background until "chainfs umount
+MOUNTPOINT" (or fusermount3 -u). -o takes mount options, comma-separated:
+  allow_other, allow_root  let other users in (implies default_permissions)
+  default_permissions      let the kernel check the files' modes and owners
+  fsname=NAME              the source shown in /proc/mounts (default: IMAGE)
+  max_read=BYTES           the largest read request (default 1 MiB)
+  noexec, exec, auto_unmount  passed to fusermount3
+  debug                    same as --debug-fuse
+  ro, rw, defaults, nofail, _netdev, noauto, user, users, dev, suid, atime...
+                           accepted from /etc/fstab and ignored (always ro)
+
+options:`
+
+// cmdMount mounts; without -f it re-executes itself in the foreground in
+// the background and waits for the mount to be ready (daemonize).
+func cmdMount(args []string, stderr io.Writer) int {
+	fset := newFlagSet("mount", mountSynopsis, stderr)
+	var (
+		fg, debugFuse bool
+		format        string
+		opts          optList
+		lf            logFlags
+	)
+	fset.BoolVar(&fg, "f", false, "stay in the foreground (serve until SIGINT/SIGTERM or unmount)")
+	fset.BoolVar(&fg, "foreground", false, "same as -f")
+	fset.Var(&opts, "o", "mount `OPTIONS`, comma-separated (repeatable)")
+	fset.StringVar(&format, "format", "", "`FORMAT` of IMAGE: qcow2 or raw (default: probe)")
+	fset.BoolVar(&debugFuse, "debug-fuse", false, "log every FUSE request and reply (the wire trace)")
+	lf.register(fset)
+	pos, err := parseArgs(fset, args)
+	if err != nil {
+		return flagExit(err)
+	}
+	if len(pos) != 2 {
+		fmt.Fprintf(stderr, "chainfs mount: want IMAGE and MOUNTPOINT, got %d arguments\n", len(pos))
+		fset.Usage()
+		return exitUsage
+	}
+	mo, err := parseMountOpts(opts)
+	if err == nil {
+		err = lf.check()
+	}
+	var fmtv layers.Format
+	if err == nil && format != "" {
+		fmtv, err = layers.ParseFormat(format)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "chainfs mount: %v\n", err)
+		return exitUsage
+	}
+	mo.fs.Debug = mo.fs.Debug || debugFuse
+
+	ready, err := readyPipe()
+	if err != nil {
+		fmt.Fprintf(stderr, "chainfs mount: %v\n", err)
+		return exitUsage
+	}
+	if !fg && ready == nil {
+		return daemonize(args, stderr)
+	}
+	s := &server{image: pos[0], mountpoint: pos[1], format: fmtv, opts: mo, ready: ready, stderr: stderr}
+	return s.run(&lf)
+}
+
+// server is one mount being served by this process.
+type server struct {
+	image, mountpoint string
+	format            layers.Format
+	opts              *mountOpts
+	// ready is the readiness pipe of a background server (nil in the
+	// foreground): one readyByte once mounted, or the error text.
+	ready  *os.File
+	stderr io.Writer
+	log    *logrus.Logger
+	// logToStderr says whether the log already shows errors on stderr.
+	logToStderr bool
+}
+
+// fail reports err, which ends the process with code, where the user sees
+// it: through the readiness pipe in the background, on stderr in the
+// foreground (unless the log already put it there), and in the log.
+func (s *server) fail(code int, err error) int {
+	if s.log != nil {
+		s.log.WithError(err).Error("mount failed")
+	}
+	switch {
+	case s.ready != nil:
+		s.ready.WriteString(err.Error())
+		s.ready.Close()
+	case !s.logToStderr:
+		fmt.Fprintf(s.stderr, "chainfs: %v\n", err)
+	}
+	return code
+}
+
+func (s *server) run(lf *logFlags) int {
+	background := s.ready != nil
+	log, logFile, note, err := lf.logger(background, s.stderr)
+	if err != nil {
+		return s.fail(exitUsage, err)
+	}
+	if logFile != nil {
+		defer logFile.Close()
+	}
+	s.log, s.logToStderr = log, !background && lf.file == ""
+	if note != "" {
+		fmt.Fprintf(s.stderr, "chainfs: warning: %s\n", note)
+	}
+	for _, n := range s.opts.notes {
+		log.Debugf("mount option %s", n)
+	}
+
+	// Catch signals from the start: one that comes while mounting is
+	// acted on once the mount exists.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+
+	chain, err := layers.Open(s.image, &layers.Options{Format: s.format, Log: log})
+	if err != nil {
+		return s.fail(exitImage, err)
+	}
+	defer chain.Close()
+	mnt, err := filepath.Abs(s.mountpoint)
+	if err == nil {
+		err = checkMountpoint(mnt)
+	}
+	if err != nil {
+		return s.fail(exitMountpoint, err)
+	}
+	opts := s.opts.fs
+	opts.Log = log
+	if opts.FsName == "" {
+		opts.FsName = s.image
+	}
+	srv, err := chainfs.Mount(mnt, chain, &opts)
+	if err != nil {
+		return s.fail(exitMount, err)
+	}
+	log.WithFields(logrus.Fields{"image": s.image, "layers": len(chain.Layers), "mountpoint": mnt}).Info("mounted")
+
+	go s.handleSignals(sigs, srv, mnt, background)
+	if background {
+		// Keep no directory busy, and let go of the terminal: the parent
+		// returns once the pipe says ready, and whoever captured its
+		// output (a shell's $(...), mount(8)) must see EOF.
+		os.Chdir("/")
+		if err := detachStdio(logFile); err != nil {
+			log.WithError(err).Warn("detaching from the terminal")
+		}
+		s.ready.Write([]byte{readyByte})
+		s.ready.Close()
+	}
+	srv.Wait()
+	log.WithField("mountpoint", mnt).Info("unmounted")
+	return exitOK
+}
+
+// handleSignals unmounts on SIGINT and SIGTERM (and SIGHUP in the
+// foreground, when the terminal goes away). Unmounting ends srv.Wait, so
+// the process exits once the kernel lets go.
+func (s *server) handleSignals(sigs <-chan os.Signal, srv *fuse.Server, mnt string, background bool) {
+	unmounting := false
+	for sig := range sigs {
+		if sig == syscall.SIGHUP && background {
+			continue
+		}
+		if unmounting {
+			s.log.WithField("signal", sig).Info("still unmounting")
+			continue
+		}
+		unmounting = true
+		s.log.WithField("signal", sig).Info("unmounting")
+		if err := srv.Unmount(); err != nil {
+			s.log.WithError(err).Warn("unmount failed (busy?); unmounting lazily: the mount goes once the last file on it is closed")
+			if err := lazyUnmount(mnt); err != nil {
+				s.log.WithError(err).Error("lazy unmount failed")
+				unmounting = false
+			}
+		}
+	}
+}
+
+// checkMountpoint says why mnt cannot be mounted on, before fusermount3
+// says it less clearly.
+func checkMountpoint(mnt string) error {
+	st, err := os.Stat(mnt)
+	if err != nil {
+		return fmt.Errorf("mount point: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("mount point %s: not a directory", mnt)
+	}
+	return nil
+}
+
+// lazyUnmount detaches mnt now and lets the kernel finish the unmount when
+// it is no longer busy: fusermount3 -u -z, or umount2(MNT_DETACH) if that
+// fails.
+func lazyUnmount(mnt string) error {
+	out, err := fusermount("-u", "-z", mnt)
+	if err == nil {
+		return nil
+	}
+	if err2 := syscall.Unmount(mnt, syscall.MNT_DETACH); err2 != nil {
+		return fmt.Errorf("fusermount3 -u -z %s: %v: %s; umount2(MNT_DETACH): %v", mnt, err, strings.TrimSpace(out), err2)
+	}
+	return nil
+}
+
+var errNoReadyFD = errors.New("bad " + readyEnv)
