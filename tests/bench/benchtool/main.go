@@ -1,0 +1,610 @@
+// Command benchtool is the helper of tests/bench/compare.sh: it writes the
+// benchmark's source data, drops and checks a file's page cache, runs one
+// measured command while sampling the daemons' RSS, and prints the final
+// table. It is not part of chainfs.
+//
+//	benchtool random FILE SIZE [SEED]           incompressible data
+//	benchtool stripes FILE SIZE CLUSTER EVERY SEED
+//	                                            sparse file, random data in every EVERY-th cluster
+//	benchtool text FILE SIZE SEED               compressible, non-uniform data
+//	benchtool drop FILE...                      POSIX_FADV_DONTNEED, then print resident pages
+//	benchtool resident FILE...                  print resident pages (mincore)
+//	benchtool run PIDS -- CMD...                run CMD, print "SECONDS RSS_KIB..." (max VmRSS of each PID)
+//	benchtool fioiops JSON                      read IOPS of a fio --output-format=json run
+//	benchtool hwm PID                           VmHWM of PID in KiB
+//	benchtool report RESULTS.tsv                the comparison table
+//
+// SIZE accepts the suffixes K, M, G, T (powers of 1024).
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		die("usage: benchtool random|stripes|text|drop|resident|run|fioiops|hwm|report ...")
+	}
+	args := os.Args[2:]
+	var err error
+	switch os.Args[1] {
+	case "random":
+		err = cmdRandom(args)
+	case "stripes":
+		err = cmdStripes(args)
+	case "text":
+		err = cmdText(args)
+	case "drop":
+		err = cmdDrop(args, true)
+	case "resident":
+		err = cmdDrop(args, false)
+	case "run":
+		err = cmdRun(args)
+	case "fioiops":
+		err = cmdFioIOPS(args)
+	case "hwm":
+		err = cmdHWM(args)
+	case "report":
+		err = cmdReport(args)
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		die(err.Error())
+	}
+}
+
+func die(msg string) {
+	fmt.Fprintln(os.Stderr, "benchtool:", msg)
+	os.Exit(1)
+}
+
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	if n := len(s); n > 0 {
+		switch s[n-1] {
+		case 'K', 'k':
+			mult = 1 << 10
+		case 'M', 'm':
+			mult = 1 << 20
+		case 'G', 'g':
+			mult = 1 << 30
+		case 'T', 't':
+			mult = 1 << 40
+		}
+		if mult != 1 {
+			s = s[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("bad size %q", s)
+	}
+	return v * mult, nil
+}
+
+func seedArg(args []string, i int) uint64 {
+	if len(args) > i {
+		v, err := strconv.ParseUint(args[i], 10, 64)
+		if err == nil {
+			return v
+		}
+	}
+	return 1
+}
+
+// cmdRandom writes SIZE bytes of ChaCha8 output: incompressible, and
+// without zero blocks that qemu-img convert would turn into holes.
+func cmdRandom(args []string) error {
+	if len(args) < 2 {
+		return fmt.Errorf("usage: random FILE SIZE [SEED]")
+	}
+	size, err := parseSize(args[1])
+	if err != nil {
+		return err
+	}
+	f, err := os.Create(args[0])
+	if err != nil {
+		return err
+	}
+	rng := newChaCha(seedArg(args, 2))
+	buf := make([]byte, 1<<20)
+	w := bufio.NewWriterSize(f, 4<<20)
+	for left := size; left > 0; {
+		n := int64(len(buf))
+		if left < n {
+			n = left
+		}
+		rng.Read(buf[:n])
+		if _, err := w.Write(buf[:n]); err != nil {
+			f.Close()
+			return err
+		}
+		left -= n
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func newChaCha(seed uint64) *rand.ChaCha8 {
+	var s [32]byte
+	for i := 0; i < 8; i++ {
+		s[i] = byte(seed >> (8 * i))
+	}
+	return rand.NewChaCha8(s)
+}
+
+// cmdStripes writes a sparse file of SIZE whose clusters i with
+// i%EVERY == 0 hold random data, the rest holes: converted to qcow2, only
+// those clusters are allocated.
+func cmdStripes(args []string) error {
+	if len(args) < 4 {
+		return fmt.Errorf("usage: stripes FILE SIZE CLUSTER EVERY [SEED]")
+	}
+	size, err := parseSize(args[1])
+	if err != nil {
+		return err
+	}
+	cluster, err := parseSize(args[2])
+	if err != nil || cluster == 0 {
+		return fmt.Errorf("bad cluster size %q", args[2])
+	}
+	every, err := strconv.ParseInt(args[3], 10, 64)
+	if err != nil || every < 1 {
+		return fmt.Errorf("bad stride %q", args[3])
+	}
+	f, err := os.Create(args[0])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		return err
+	}
+	rng := newChaCha(seedArg(args, 4))
+	buf := make([]byte, cluster)
+	for i := int64(0); i*cluster < size; i += every {
+		rng.Read(buf)
+		n := cluster
+		if off := i * cluster; off+n > size {
+			n = size - off
+		}
+		if _, err := f.WriteAt(buf[:n], i*cluster); err != nil {
+			return err
+		}
+	}
+	return f.Close()
+}
+
+// cmdText writes compressible data that is not uniform: Zipf-distributed
+// words from a random vocabulary in lines of varying length (like logs or
+// source text), with zero runs and a few incompressible stretches mixed in,
+// decided per 64 KiB chunk.
+func cmdText(args []string) error {
+	if len(args) < 2 {
+		return fmt.Errorf("usage: text FILE SIZE [SEED]")
+	}
+	size, err := parseSize(args[1])
+	if err != nil {
+		return err
+	}
+	seed := seedArg(args, 2)
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	raw := newChaCha(seed)
+	vocab := make([]string, 8192)
+	for i := range vocab {
+		n := 2 + rng.IntN(11)
+		b := make([]byte, n)
+		for j := range b {
+			b[j] = byte('a' + rng.IntN(26))
+		}
+		vocab[i] = string(b)
+	}
+	zipf := rand.NewZipf(rng, 1.1, 4, uint64(len(vocab)-1))
+	punct := []string{" ", " ", " ", " ", " ", ", ", ". ", "; ", " = ", "(", ") ", ": "}
+
+	f, err := os.Create(args[0])
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriterSize(f, 4<<20)
+	const chunk = 64 << 10
+	var line strings.Builder
+	buf := make([]byte, 0, chunk+256)
+	for written := int64(0); written < size; {
+		n := int64(chunk)
+		if size-written < n {
+			n = size - written
+		}
+		buf = buf[:0]
+		switch r := rng.IntN(100); {
+		case r < 8: // a zero run
+			buf = append(buf, make([]byte, n)...)
+		case r < 12: // incompressible (already compressed media, say)
+			buf = buf[:n]
+			raw.Read(buf)
+		default:
+			for int64(len(buf)) < n {
+				line.Reset()
+				fmt.Fprintf(&line, "%06d ", rng.IntN(1000000))
+				words := 3 + rng.IntN(14)
+				for k := 0; k < words; k++ {
+					line.WriteString(vocab[zipf.Uint64()])
+					line.WriteString(punct[rng.IntN(len(punct))])
+				}
+				line.WriteByte('\n')
+				buf = append(buf, line.String()...)
+			}
+			buf = buf[:n]
+		}
+		if _, err := w.Write(buf); err != nil {
+			f.Close()
+			return err
+		}
+		written += n
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// cmdDrop asks the kernel to drop each file's clean pages (if drop), then
+// prints "FILE RESIDENT_PAGES TOTAL_PAGES" as mincore reports them; a
+// file that cannot be mapped (FUSE direct_io) prints -1.
+func cmdDrop(args []string, drop bool) error {
+	for _, p := range args {
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		if drop {
+			if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+				f.Close()
+				return fmt.Errorf("fadvise %s: %w", p, err)
+			}
+		}
+		res, total := resident(f)
+		f.Close()
+		fmt.Printf("%s %d %d\n", p, res, total)
+	}
+	return nil
+}
+
+func resident(f *os.File) (res, total int64) {
+	st, err := f.Stat()
+	if err != nil || st.Size() == 0 {
+		return 0, 0
+	}
+	page := int64(os.Getpagesize())
+	total = (st.Size() + page - 1) / page
+	// Map in pieces so a multi-TiB view needs no huge vector at once.
+	const piece = 1 << 30
+	vec := make([]byte, piece/page)
+	for off := int64(0); off < st.Size(); off += piece {
+		n := int64(piece)
+		if st.Size()-off < n {
+			n = st.Size() - off
+		}
+		m, err := unix.Mmap(int(f.Fd()), off, int(n), unix.PROT_READ, unix.MAP_SHARED)
+		if err != nil {
+			return -1, total
+		}
+		np := (n + page - 1) / page
+		if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(n), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+			unix.Munmap(m)
+			return -1, total
+		}
+		for _, b := range vec[:np] {
+			res += int64(b & 1)
+		}
+		unix.Munmap(m)
+	}
+	return res, total
+}
+
+// cmdRun runs the command after "--" and prints its wall time in seconds
+// and, for each PID of the comma-separated list, the largest VmRSS (KiB)
+// seen while it ran, sampled every 100 ms (0 for "-").
+func cmdRun(args []string) error {
+	if len(args) < 3 || args[1] != "--" {
+		return fmt.Errorf("usage: run PID[,PID...] -- CMD...")
+	}
+	var pids []int
+	for _, s := range strings.Split(args[0], ",") {
+		if s == "-" || s == "" {
+			pids = append(pids, 0)
+			continue
+		}
+		p, err := strconv.Atoi(s)
+		if err != nil {
+			return fmt.Errorf("bad pid %q", s)
+		}
+		pids = append(pids, p)
+	}
+	peak := make([]int64, len(pids))
+	sample := func() {
+		for i, p := range pids {
+			if p == 0 {
+				continue
+			}
+			if v := vmField(p, "VmRSS:"); v > peak[i] {
+				peak[i] = v
+			}
+		}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				sample()
+			}
+		}
+	}()
+	sample()
+	cmd := exec.Command(args[2], args[3:]...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	start := time.Now()
+	err := cmd.Run()
+	elapsed := time.Since(start)
+	close(stop)
+	wg.Wait()
+	sample()
+	if err != nil {
+		return fmt.Errorf("%s: %w", strings.Join(args[2:], " "), err)
+	}
+	fmt.Printf("%.6f", elapsed.Seconds())
+	for _, v := range peak {
+		fmt.Printf(" %d", v)
+	}
+	fmt.Println()
+	return nil
+}
+
+// vmField returns a "Vm...:" line of /proc/PID/status in KiB, or 0.
+func vmField(pid int, field string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, field) {
+			fs := strings.Fields(l[len(field):])
+			if len(fs) > 0 {
+				v, _ := strconv.ParseInt(fs[0], 10, 64)
+				return v
+			}
+		}
+	}
+	return 0
+}
+
+func cmdHWM(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("usage: hwm PID")
+	}
+	p, err := strconv.Atoi(args[0])
+	if err != nil {
+		return err
+	}
+	fmt.Println(vmField(p, "VmHWM:"))
+	return nil
+}
+
+func cmdFioIOPS(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("usage: fioiops JSON")
+	}
+	b, err := os.ReadFile(args[0])
+	if err != nil {
+		return err
+	}
+	// fio may print warnings before the JSON document.
+	if i := strings.IndexByte(string(b), '{'); i > 0 {
+		b = b[i:]
+	}
+	var out struct {
+		Jobs []struct {
+			Error int `json:"error"`
+			Read  struct {
+				IOPS float64 `json:"iops"`
+			} `json:"read"`
+		} `json:"jobs"`
+	}
+	if err := json.Unmarshal(b, &out); err != nil {
+		return fmt.Errorf("%s: %w", args[0], err)
+	}
+	if len(out.Jobs) == 0 {
+		return fmt.Errorf("%s: no jobs", args[0])
+	}
+	sum := 0.0
+	for _, j := range out.Jobs {
+		if j.Error != 0 {
+			return fmt.Errorf("%s: fio job error %d", args[0], j.Error)
+		}
+		sum += j.Read.IOPS
+	}
+	fmt.Printf("%.1f\n", sum)
+	return nil
+}
+
+// A result line of compare.sh: WORKLOAD SIDE ROUND VALUE RSS_KIB.
+type sample struct {
+	value float64
+	rss   int64
+}
+
+// comparison is one row of the table: chainfs against a peer on a
+// workload, with the target for the median of pairwise ratios.
+type comparison struct {
+	workload, title, unit string
+	peer                  string // "qsd" or "ceiling"
+	lowerBetter           bool   // times: the ratio is peer/chainfs
+	target                float64
+}
+
+var comparisons = []comparison{
+	{"W1", "W1 dd bs=1M, 3-layer chain", "MiB/s", "qsd", false, 8},
+	{"W1", "W1 dd bs=1M, 3-layer chain", "MiB/s", "ceiling", false, 0.8},
+	{"W2", "W2 dd bs=1M, zstd-compressed", "MiB/s", "qsd", false, 3},
+	{"W3", "W3 dd bs=1M, zlib-compressed", "MiB/s", "qsd", false, 2},
+	{"W4j1", "W4 fio 4k randread, 1 job", "IOPS", "qsd", false, 1.5},
+	{"W4j1", "W4 fio 4k randread, 1 job", "IOPS", "ceiling", false, 0},
+	{"W4j4", "W4 fio 4k randread, 4 jobs", "IOPS", "qsd", false, 1.5},
+	{"W4j4", "W4 fio 4k randread, 4 jobs", "IOPS", "ceiling", false, 0},
+	{"W6", "W6 cp --sparse=always, 4 TiB", "s", "qsd", true, 1},
+}
+
+const rssTargetKiB = 64 << 10
+
+func cmdReport(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("usage: report RESULTS.tsv")
+	}
+	f, err := os.Open(args[0])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// data[workload][side][round]
+	data := map[string]map[string]map[int]sample{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) != 5 || strings.HasPrefix(fs[0], "#") {
+			continue
+		}
+		round, err1 := strconv.Atoi(fs[2])
+		v, err2 := strconv.ParseFloat(fs[3], 64)
+		rss, err3 := strconv.ParseInt(fs[4], 10, 64)
+		if err1 != nil || err2 != nil || err3 != nil {
+			continue
+		}
+		if data[fs[0]] == nil {
+			data[fs[0]] = map[string]map[int]sample{}
+		}
+		if data[fs[0]][fs[1]] == nil {
+			data[fs[0]][fs[1]] = map[int]sample{}
+		}
+		data[fs[0]][fs[1]][round] = sample{v, rss}
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+
+	fmt.Printf("%-30s %-7s %-6s %10s %10s %9s %8s %-6s %9s %9s %s\n",
+		"workload", "vs", "unit", "chainfs", "peer", "ratio", "target", "result", "cfs RSS", "peer RSS", "runs")
+	var maxRSS int64
+	for _, c := range comparisons {
+		a, b := data[c.workload]["chainfs"], data[c.workload][c.peer]
+		if len(a) == 0 && len(b) == 0 {
+			continue
+		}
+		var av, bv, ratios []float64
+		var arss, brss int64
+		for _, s := range a {
+			av = append(av, s.value)
+			arss = max(arss, s.rss)
+		}
+		for _, s := range b {
+			bv = append(bv, s.value)
+			brss = max(brss, s.rss)
+		}
+		maxRSS = max(maxRSS, arss)
+		for r, s := range a {
+			p, ok := b[r]
+			if !ok || s.value <= 0 || p.value <= 0 {
+				continue
+			}
+			if c.lowerBetter {
+				ratios = append(ratios, p.value/s.value)
+			} else {
+				ratios = append(ratios, s.value/p.value)
+			}
+		}
+		ratio := median(ratios)
+		target, result := "-", "-"
+		if c.target > 0 {
+			target = fmt.Sprintf(">=%gx", c.target)
+			result = "MISS"
+			if len(ratios) > 0 && ratio >= c.target {
+				result = "PASS"
+			}
+		}
+		fmt.Printf("%-30s %-7s %-6s %10s %10s %9s %8s %-6s %9s %9s %d\n",
+			c.title, c.peer, c.unit, num(median(av), len(av)), num(median(bv), len(bv)),
+			ratioStr(ratio, len(ratios)), target, result, mib(arss), mib(brss), len(ratios))
+	}
+	res := "PASS"
+	if maxRSS > rssTargetKiB || maxRSS == 0 {
+		res = "MISS"
+	}
+	fmt.Printf("%-30s %-7s %-6s %10s %10s %9s %8s %-6s\n",
+		"chainfs peak RSS, any workload", "-", "MiB", fmt.Sprintf("%.1f", float64(maxRSS)/1024), "-", "-", "<=64MiB", res)
+	return nil
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if n := len(s); n%2 == 1 {
+		return s[n/2]
+	} else {
+		return (s[n/2-1] + s[n/2]) / 2
+	}
+}
+
+func num(v float64, n int) string {
+	if n == 0 {
+		return "n/a"
+	}
+	switch {
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 1:
+		return fmt.Sprintf("%.2f", v)
+	}
+	return fmt.Sprintf("%.3f", v)
+}
+
+func ratioStr(v float64, n int) string {
+	if n == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2fx", v)
+}
+
+func mib(kib int64) string {
+	if kib == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1fMiB", float64(kib)/1024)
+}
