@@ -163,14 +163,14 @@ func brokenRows() []brokenRow {
 		{name: "unknown incompatible feature bit without a name", is: layers.ErrUnsupported, qemu: "refuses",
 			make: func(t *testing.T, dir string) (string, []string) {
 				p := small(t, dir, "top.qcow2")
-				setIncompat(1 << 9)(t, p)
+				setIncompat(1<<9)(t, p)
 				return p, []string{"top.qcow2: unsupported incompatible feature bit 9"}
 			}},
 		{name: "unknown incompatible feature bit named in the feature table", is: layers.ErrUnsupported, qemu: "refuses",
 			make: func(t *testing.T, dir string) (string, []string) {
 				p := small(t, dir, "top.qcow2")
 				renameFeature(4, 9, "test feature")(t, p)
-				setIncompat(1 << 9)(t, p)
+				setIncompat(1<<9)(t, p)
 				return p, []string{`top.qcow2: unsupported incompatible feature bit 9 ("test feature")`}
 			}},
 		{name: "LUKS-encrypted", is: layers.ErrEncrypted, qemu: "refuses",
