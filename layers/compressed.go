@@ -3,6 +3,8 @@ package layers
 import (
 	"bytes"
 	"compress/flate"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -32,20 +34,27 @@ func inflateZlib(dst, src []byte) error {
 
 var zstdPool sync.Pool // of *zstd.Decoder
 
+// inflateZstd fills dst from the zstd frames of src the way QEMU's
+// qcow2_zstd_decompress does: it decodes frame after frame (skippable
+// frames are passed over) until dst is full, and the frame that fills dst
+// must end exactly there. Anything after that frame is never looked at;
+// a stream that runs out, or a frame with more output, is corrupt.
+//
+// Frames may not need a window larger than maxZstdWindow. QEMU allows
+// libzstd's default (128 MiB), but QEMU itself never writes a window
+// larger than a cluster (2 MiB at most), and a hostile image must not make
+// every read of a cluster allocate 128 MiB.
 func inflateZstd(dst, src []byte) error {
 	var d *zstd.Decoder
 	if v := zstdPool.Get(); v != nil {
 		d = v.(*zstd.Decoder)
-		if err := d.Reset(bytes.NewReader(src)); err != nil {
-			return err
-		}
 	} else {
 		var err error
-		d, err = zstd.NewReader(bytes.NewReader(src),
+		d, err = zstd.NewReader(nil,
 			zstd.WithDecoderConcurrency(1),
 			zstd.WithDecoderLowmem(true),
-			zstd.WithDecoderMaxMemory(4<<20),
-			zstd.WithDecoderMaxWindow(4<<20))
+			zstd.WithDecoderMaxMemory(maxZstdWindow),
+			zstd.WithDecoderMaxWindow(maxZstdWindow))
 		if err != nil {
 			return err
 		}
@@ -54,8 +63,114 @@ func inflateZstd(dst, src []byte) error {
 		d.Reset(nil)
 		zstdPool.Put(d)
 	}()
-	_, err := io.ReadFull(d, dst)
-	return err
+	var one [1]byte
+	for pos := 0; pos < len(dst); {
+		n, skip, err := zstdFrameLen(src)
+		if err != nil {
+			return err
+		}
+		frame := src[:n]
+		src = src[n:]
+		if skip {
+			continue
+		}
+		if err := d.Reset(bytes.NewReader(frame)); err != nil {
+			return err
+		}
+		got, err := io.ReadFull(d, dst[pos:])
+		pos += got
+		switch {
+		case err == io.ErrUnexpectedEOF || err == io.EOF:
+			continue // the frame ended before dst is full: on to the next
+		case err != nil:
+			return err
+		}
+		// dst is full: the frame must end here.
+		if _, err := d.Read(one[:]); err != io.EOF {
+			if err == nil {
+				return errors.New("zstd frame holds more than one cluster")
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// maxZstdWindow bounds the window (history) a zstd frame may ask for.
+const maxZstdWindow = 4 << 20
+
+// zstdFrameLen returns the length of the zstd frame at the start of b,
+// found by walking its block headers (RFC 8878, section 3.1), and whether
+// it is a skippable frame.
+func zstdFrameLen(b []byte) (n int, skippable bool, err error) {
+	le := binary.LittleEndian
+	if len(b) < 4 {
+		return 0, false, io.ErrUnexpectedEOF
+	}
+	magic := le.Uint32(b)
+	if magic&^0xf == 0x184d2a50 {
+		if len(b) < 8 {
+			return 0, true, io.ErrUnexpectedEOF
+		}
+		size := uint64(le.Uint32(b[4:]))
+		if size > uint64(len(b)-8) {
+			return 0, true, io.ErrUnexpectedEOF
+		}
+		return 8 + int(size), true, nil
+	}
+	if magic != 0xfd2fb528 {
+		return 0, false, fmt.Errorf("not a zstd frame (magic %#08x)", magic)
+	}
+	if len(b) < 5 {
+		return 0, false, io.ErrUnexpectedEOF
+	}
+	fhd := b[4]
+	n = 5
+	single := fhd&0x20 != 0
+	if !single {
+		n++ // window descriptor
+	}
+	n += [4]int{0, 1, 2, 4}[fhd&3] // dictionary ID
+	switch fhd >> 6 {              // frame content size
+	case 0:
+		if single {
+			n++
+		}
+	case 1:
+		n += 2
+	case 2:
+		n += 4
+	case 3:
+		n += 8
+	}
+	for {
+		if len(b)-n < 3 {
+			return 0, false, io.ErrUnexpectedEOF
+		}
+		h := uint32(b[n]) | uint32(b[n+1])<<8 | uint32(b[n+2])<<16
+		n += 3
+		size := int(h >> 3)
+		switch (h >> 1) & 3 {
+		case 1: // RLE: one byte stands for size bytes
+			size = 1
+		case 3:
+			return 0, false, errors.New("reserved zstd block type")
+		}
+		if size > len(b)-n {
+			return 0, false, io.ErrUnexpectedEOF
+		}
+		n += size
+		if h&1 != 0 {
+			break
+		}
+	}
+	if fhd&4 != 0 { // content checksum
+		n += 4
+	}
+	if n > len(b) {
+		return 0, false, io.ErrUnexpectedEOF
+	}
+	return n, false, nil
 }
 
 // readCompressed reads and inflates the compressed cluster described by
