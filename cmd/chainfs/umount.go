@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 )
@@ -25,13 +27,13 @@ func cmdUmount(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "chainfs umount: %v\n", err)
 		return exitUsage
 	}
+	if !mounted(mnt) {
+		fmt.Fprintf(stderr, "chainfs umount: %s is not mounted\n", mnt)
+		return exitUnmount
+	}
 	out, err := fusermount("-u", mnt)
 	if err == nil {
 		return exitOK
-	}
-	if strings.Contains(out, "not found in") || strings.Contains(out, "not mounted") {
-		fmt.Fprintf(stderr, "chainfs umount: %s is not mounted: %s\n", mnt, strings.TrimSpace(out))
-		return exitUnmount
 	}
 	if lerr := lazyUnmount(mnt); lerr != nil {
 		fmt.Fprintf(stderr, "chainfs umount: %s: %v: %s; lazily: %v\n", mnt, err, strings.TrimSpace(out), lerr)
@@ -39,4 +41,23 @@ func cmdUmount(args []string, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "chainfs umount: %s was busy (%s); unmounted lazily: it goes once the last file on it is closed\n", mnt, strings.TrimSpace(out))
 	return exitOK
+}
+
+// mounted reports whether mnt is a mount point, from /proc/self/mountinfo
+// (field 5 is the mount point, with spaces and the like octal-escaped).
+// When mountinfo cannot be read it says yes and lets fusermount3 decide.
+func mounted(mnt string) bool {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return true
+	}
+	defer f.Close()
+	esc := strings.NewReplacer(" ", `\040`, "\t", `\011`, "\n", `\012`, `\`, `\134`).Replace(mnt)
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if fields := strings.Fields(sc.Text()); len(fields) > 4 && fields[4] == esc {
+			return true
+		}
+	}
+	return false
 }

@@ -1,0 +1,235 @@
+// Package tests runs chainfs end to end: the real binary, real FUSE
+// mounts, and QEMU's own tools (qemu-img, qemu-nbd, nbdinfo) as the oracle
+// for every byte and every map.
+//
+// The tests need root, /dev/fuse and fusermount3 (tests/install-deps.sh
+// installs the tools); they fail rather than skip without them.
+package tests
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// chainfsBin is the binary under test, built by TestMain into a directory
+// that is put first on PATH (mount -t fuse.chainfs runs "chainfs").
+var chainfsBin string
+
+// testRoot holds every temporary directory of the run, so that leftover
+// mounts can be found by prefix.
+var testRoot string
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	if err := preflight(); err != nil {
+		fmt.Fprintf(os.Stderr, "tests: %v\n", err)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "chainfs-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	testRoot = dir
+	chainfsBin = filepath.Join(dir, "bin", "chainfs")
+	build := exec.Command("go", "build", "-o", chainfsBin, "../cmd/chainfs")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintf(os.Stderr, "tests: building chainfs: %v\n", err)
+		return 1
+	}
+	os.Setenv("PATH", filepath.Dir(chainfsBin)+":"+os.Getenv("PATH"))
+	// Tests make their temporary directories under testRoot.
+	os.Setenv("TMPDIR", dir)
+
+	code := m.Run()
+
+	if left := mountsUnder(dir); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "tests: FAIL: mounts left behind: %q\n", left)
+		for _, mnt := range left {
+			exec.Command("fusermount3", "-u", "-z", mnt).Run()
+		}
+		code = 1
+	}
+	return code
+}
+
+// preflight checks what every test needs, failing with a hint.
+func preflight() error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("the end-to-end tests need root (mount -t fuse.chainfs, allow_other)")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		return fmt.Errorf("no /dev/fuse: %v", err)
+	}
+	for _, tool := range []string{"fusermount3", "qemu-img", "qemu-io", "qemu-nbd", "nbdinfo", "go", "mount", "cp", "du"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s is not installed: run tests/install-deps.sh", tool)
+		}
+	}
+	return nil
+}
+
+// mountsUnder lists the mount points in /proc/mounts under dir.
+func mountsUnder(dir string) []string {
+	var out []string
+	for _, m := range procMounts() {
+		if m.dir == dir || strings.HasPrefix(m.dir, dir+"/") {
+			out = append(out, m.dir)
+		}
+	}
+	return out
+}
+
+type procMount struct{ source, dir, fstype, opts string }
+
+// procMounts reads /proc/mounts, undoing its octal escapes.
+func procMounts() []procMount {
+	f, err := os.Open("/proc/mounts")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []procMount
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 4 {
+			continue
+		}
+		out = append(out, procMount{unescape(fields[0]), unescape(fields[1]), fields[2], fields[3]})
+	}
+	return out
+}
+
+func unescape(s string) string {
+	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
+	return r.Replace(s)
+}
+
+// mountOf returns the /proc/mounts entry for mnt.
+func mountOf(mnt string) (procMount, bool) {
+	ms := procMounts()
+	for i := len(ms) - 1; i >= 0; i-- {
+		if ms[i].dir == mnt {
+			return ms[i], true
+		}
+	}
+	return procMount{}, false
+}
+
+// isMountpoint reports whether mnt is on another device than its parent,
+// which is what a caller sees the instant a mount is up.
+func isMountpoint(t testing.TB, mnt string) bool {
+	t.Helper()
+	var st, pst syscall.Stat_t
+	if err := syscall.Stat(mnt, &st); err != nil {
+		t.Fatalf("stat %s: %v", mnt, err)
+	}
+	if err := syscall.Stat(filepath.Dir(mnt), &pst); err != nil {
+		t.Fatalf("stat %s: %v", filepath.Dir(mnt), err)
+	}
+	return st.Dev != pst.Dev
+}
+
+// waitFor polls cond every 10 ms for up to d.
+func waitFor(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// chainfs runs the binary and returns its combined output and exit code.
+func chainfs(t testing.TB, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(chainfsBin, args...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		if _, ok := err.(*exec.ExitError); !ok {
+			t.Fatalf("chainfs %q: %v", args, err)
+		}
+	}
+	return string(out), cmd.ProcessState.ExitCode()
+}
+
+// mount mounts image in the background at a fresh directory with a log
+// file, checks that the mount is up the moment the command returns, and
+// registers its unmount with t.Cleanup. At cleanup the mount must go, and
+// the log must hold no warning or error (a test mode in the spirit of
+// gocryptfs's -wpanic): tests that expect some call mountLog themselves.
+func mount(t testing.TB, image string, args ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	logFile := filepath.Join(dir, "chainfs.log")
+	full := append([]string{"mount", "--log-file", logFile, "--log-level", "debug"}, args...)
+	full = append(full, image, mnt)
+	out, code := chainfs(t, full...)
+	if code != 0 {
+		t.Fatalf("chainfs %q: exit %d: %s", full, code, out)
+	}
+	if !isMountpoint(t, mnt) {
+		t.Fatalf("chainfs %q returned 0 but %s is not a mount point yet", full, mnt)
+	}
+	t.Cleanup(func() {
+		unmount(t, mnt)
+		checkLog(t, logFile)
+	})
+	return mnt
+}
+
+// unmount unmounts mnt with chainfs umount, retrying while busy, and
+// fails the test if it stays mounted.
+func unmount(t testing.TB, mnt string) {
+	t.Helper()
+	if _, ok := mountOf(mnt); !ok {
+		return
+	}
+	var out string
+	ok := waitFor(5*time.Second, func() bool {
+		out, _ = chainfs(t, "umount", mnt)
+		_, mounted := mountOf(mnt)
+		return !mounted
+	})
+	if !ok {
+		t.Errorf("%s still mounted after chainfs umount: %s", mnt, out)
+		exec.Command("fusermount3", "-u", "-z", mnt).Run()
+	}
+}
+
+// checkLog fails the test for every warning or error in a mount's log.
+func checkLog(t testing.TB, logFile string) {
+	t.Helper()
+	b, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Errorf("reading the mount's log: %v", err)
+		return
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, "level=warning") || strings.Contains(line, "level=error") ||
+			strings.Contains(line, "level=fatal") || strings.Contains(line, "panic") {
+			t.Errorf("mount log: %s", line)
+		}
+	}
+}
