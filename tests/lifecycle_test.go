@@ -117,6 +117,39 @@ func TestBackgroundMountFailures(t *testing.T) {
 	}
 }
 
+// TestLockedImage: an image a VM (here qemu-io) has open for writing is
+// refused, as qemu-img refuses it, unless --force-share / -o force_share.
+func TestLockedImage(t *testing.T) {
+	dir := t.TempDir()
+	img := imagetest.Create(t, dir, "busy.qcow2", "qcow2", 1<<20)
+	writer := exec.Command("qemu-io", "-f", "qcow2", img)
+	stdin, err := writer.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); writer.Wait() })
+	// qemu-io takes its locks as it opens the image, before its prompt.
+	if !waitFor(5*time.Second, func() bool {
+		_, code := chainfs(t, "info", img)
+		return code != 0
+	}) {
+		t.Fatal("qemu-io never locked the image")
+	}
+	mnt := newMountpoint(t)
+	out, code := chainfs(t, "mount", img, mnt)
+	if code != 3 || !strings.Contains(out, "lock") {
+		t.Errorf("mount of a locked image: exit %d, %q; want 3 and the lock named", code, out)
+	}
+	if _, ok := mountOf(mnt); ok {
+		t.Error("mounted anyway")
+	}
+	mount(t, img, "-o", "force_share")
+	mount(t, img, "--force-share")
+}
+
 // TestForegroundSignals: SIGTERM and SIGINT to a foreground mount
 // unmount it and end the process with status 0; while a file is open the
 // unmount falls back to a lazy one, so no dead mount stays behind.
@@ -238,6 +271,37 @@ func installOnDefaultPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.Remove(link) })
+}
+
+// TestBackgroundServerEnds: the background server unmounts and exits on
+// SIGTERM, and exits when unmounted with plain fusermount3 -u.
+func TestBackgroundServerEnds(t *testing.T) {
+	for _, how := range []string{"SIGTERM", "fusermount3 -u"} {
+		t.Run(how, func(t *testing.T) {
+			mnt := newMountpoint(t)
+			logFile := filepath.Join(t.TempDir(), "log")
+			if out, code := chainfs(t, "mount", "--log-file", logFile, sampleTop(t), mnt); code != 0 {
+				t.Fatalf("mount: exit %d: %s", code, out)
+			}
+			t.Cleanup(func() { unmount(t, mnt) })
+			pid := serverPID(t, mnt)
+			if pid == 0 {
+				t.Fatal("no server process")
+			}
+			if how == "SIGTERM" {
+				syscall.Kill(pid, syscall.SIGTERM)
+			} else if out, err := exec.Command("fusermount3", "-u", mnt).CombinedOutput(); err != nil {
+				t.Fatalf("fusermount3 -u: %v: %s", err, out)
+			}
+			if !waitFor(5*time.Second, func() bool { _, ok := mountOf(mnt); return !ok && !alive(pid) }) {
+				t.Errorf("after %s: mounted %v, server alive %v", how, isMountpoint(t, mnt), alive(pid))
+			}
+			checkLog(t, logFile)
+			if b, _ := os.ReadFile(logFile); !strings.Contains(string(b), "msg=unmounted") {
+				t.Errorf("log lacks the unmount:\n%s", b)
+			}
+		})
+	}
 }
 
 // TestUnknownMountOption: a typo in -o fails before anything is mounted.

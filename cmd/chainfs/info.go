@@ -18,12 +18,15 @@ import (
 // chainFlags are the flags of the commands that read a chain without
 // mounting it.
 type chainFlags struct {
-	format string
-	layer  int
+	format     string
+	layer      int
+	forceShare bool
 }
 
 func (c *chainFlags) register(fs *flag.FlagSet, withLayer bool) {
 	fs.StringVar(&c.format, "format", "", "`FORMAT` of IMAGE: qcow2 or raw (default: probe)")
+	fs.BoolVar(&c.forceShare, "U", false, "same as --force-share")
+	fs.BoolVar(&c.forceShare, "force-share", false, "ignore QEMU's image locks, as qemu-img -U (read even while a VM writes)")
 	if withLayer {
 		fs.IntVar(&c.layer, "layer", 0, "the layer `N` to show: 0 is IMAGE, 1 its backing file, ...")
 	}
@@ -51,7 +54,7 @@ func (c *chainFlags) open(fs *flag.FlagSet, args []string, stderr io.Writer) (*l
 	log := logrus.New()
 	log.SetOutput(stderr)
 	log.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true, DisableColors: true})
-	chain, err := layers.Open(pos[0], &layers.Options{Format: f, Log: log})
+	chain, err := layers.Open(pos[0], &layers.Options{Format: f, Log: log, ForceShare: c.forceShare})
 	if err != nil {
 		fmt.Fprintf(stderr, "chainfs %s: %v\n", fs.Name(), err)
 		return nil, exitImage

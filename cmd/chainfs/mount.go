@@ -28,6 +28,7 @@ MOUNTPOINT" (or fusermount3 -u). -o takes mount options, comma-separated:
   max_read=BYTES           the largest read request (default 1 MiB)
   noexec, exec, auto_unmount  passed to fusermount3
   debug                    same as --debug-fuse
+  force_share              same as --force-share
   ro, rw, defaults, nofail, _netdev, noauto, user, users, dev, suid, atime...
                            accepted from /etc/fstab and ignored (always ro)
 
@@ -38,16 +39,18 @@ options:`
 func cmdMount(args []string, stderr io.Writer) int {
 	fset := newFlagSet("mount", mountSynopsis, stderr)
 	var (
-		fg, debugFuse bool
-		format        string
-		opts          optList
-		lf            logFlags
+		fg, debugFuse, forceShare bool
+		format                    string
+		opts                      optList
+		lf                        logFlags
 	)
 	fset.BoolVar(&fg, "f", false, "stay in the foreground (serve until SIGINT/SIGTERM or unmount)")
 	fset.BoolVar(&fg, "foreground", false, "same as -f")
 	fset.Var(&opts, "o", "mount `OPTIONS`, comma-separated (repeatable)")
 	fset.StringVar(&format, "format", "", "`FORMAT` of IMAGE: qcow2 or raw (default: probe)")
 	fset.BoolVar(&debugFuse, "debug-fuse", false, "log every FUSE request and reply (the wire trace)")
+	fset.BoolVar(&forceShare, "U", false, "same as --force-share")
+	fset.BoolVar(&forceShare, "force-share", false, "ignore QEMU's image locks, as qemu-img -U: mount even while a VM writes to the image (reads may then be torn)")
 	lf.register(fset)
 	pos, err := parseArgs(fset, args)
 	if err != nil {
@@ -71,6 +74,7 @@ func cmdMount(args []string, stderr io.Writer) int {
 		return exitUsage
 	}
 	mo.fs.Debug = mo.fs.Debug || debugFuse
+	mo.forceShare = mo.forceShare || forceShare
 
 	ready, err := readyPipe()
 	if err != nil {
@@ -137,7 +141,7 @@ func (s *server) run(lf *logFlags) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 
-	chain, err := layers.Open(s.image, &layers.Options{Format: s.format, Log: log})
+	chain, err := layers.Open(s.image, &layers.Options{Format: s.format, Log: log, ForceShare: s.opts.forceShare})
 	if err != nil {
 		return s.fail(exitImage, err)
 	}

@@ -19,8 +19,9 @@ func (o *optList) Set(s string) error {
 
 // mountOpts is what -o options ask for.
 type mountOpts struct {
-	fs    chainfs.Options
-	notes []string // options accepted without effect, for the debug log
+	fs         chainfs.Options
+	forceShare bool
+	notes      []string // options accepted without effect, for the debug log
 }
 
 // ignoredOpts are accepted and have no effect: mount(8) and systemd
@@ -72,6 +73,8 @@ func (m *mountOpts) apply(o string) error {
 		m.fs.DefaultPermissions = true
 	case key == "debug" && !hasVal:
 		m.fs.Debug = true
+	case key == "force_share" && !hasVal:
+		m.forceShare = true
 	case key == "fsname" && hasVal:
 		m.fs.FsName = val
 	case key == "subtype" && hasVal:
