@@ -1,0 +1,415 @@
+#!/usr/bin/env bash
+# The speed comparison of issue 6: chainfs against QEMU's own FUSE export
+# (qemu-storage-daemon --export type=fuse) and against a minimal go-fuse
+# server that serves a raw file by pread (tests/bench/ceiling). Run by
+# hand, from anywhere in a clone; not part of CI's pass/fail:
+#
+#	bash tests/bench/compare.sh             # full run, ~10-15 minutes
+#	QUICK=1 bash tests/bench/compare.sh     # smoke run, ~2 minutes
+#
+# It builds the images itself in a work directory under $TMPDIR (default
+# /var/tmp), mounts each image with chainfs and with qemu-storage-daemon
+# side by side, checks that the views read the same bytes, runs every
+# workload in alternating pairs (chainfs, peer[, ceiling]) with the FUSE
+# file's page cache dropped before each run and the host image files
+# kept warm, and prints medians and the median of pairwise ratios:
+#
+#   W1  dd bs=1M of a 1 GiB incompressible 3-layer chain (64 KiB clusters,
+#       every 3rd cluster rewritten in the middle layer, every 5th in the
+#       top), also against the ceiling
+#   W2  dd bs=1M of 256 MiB of compressible, non-uniform data, zstd
+#   W3  the same data compressed with zlib
+#   W4  fio 4 KiB random reads (psync) of the W1 view, 1 job and 4 jobs,
+#       fixed time, also against the ceiling; O_DIRECT by default, so
+#       that every read reaches the daemon (buffered, the jobs re-read
+#       pages the page cache already holds: with 4 jobs most of the
+#       "IOPS" were cache hits); W4_DIRECT=0 for buffered reads, each job
+#       in its own part of the file
+#   W6  cp --sparse=always of a 4 TiB qcow2 view with four small extents
+#
+# and each daemon's peak RSS during each workload (VmRSS sampled every
+# 100 ms). Must run as root (drop_caches fallback) or at least be able
+# to mount FUSE filesystems.
+#
+# Environment:
+#   N=5            pairs per workload (QUICK: 1)
+#   QUICK=1        smoke run: N=1, W1 256 MiB, text 64 MiB, fio 3 s
+#   W1_SIZE=1G     size of the W1 chain (K/M/G suffixes)
+#   TEXT_SIZE=256M size of the W2/W3 data
+#   FIO_RUNTIME=10 seconds per fio run
+#   W4_DIRECT=1    fio --direct (0: buffered, page cache dropped first)
+#   W6_TIMEOUT=300 seconds before a W6 copy counts as failed
+#   WORKLOADS="W1 W2 W3 W4 W6"   which to run
+#   PROFILE=1      also record a perf profile of the chainfs daemon over
+#                  one extra W1, W2 and W4 (4 jobs) run each, and print
+#                  its top symbols
+#   KEEP=1         keep the work directory (images, logs, results)
+#   BENCH_TMP=DIR  parent of the work directory
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+	N=${N:-1}
+	W1_SIZE=${W1_SIZE:-256M}
+	TEXT_SIZE=${TEXT_SIZE:-64M}
+	FIO_RUNTIME=${FIO_RUNTIME:-3}
+else
+	N=${N:-5}
+	W1_SIZE=${W1_SIZE:-1G}
+	TEXT_SIZE=${TEXT_SIZE:-256M}
+	FIO_RUNTIME=${FIO_RUNTIME:-10}
+fi
+W4_DIRECT=${W4_DIRECT:-1}
+W6_TIMEOUT=${W6_TIMEOUT:-300}
+WORKLOADS=${WORKLOADS:-W1 W2 W3 W4 W6}
+PROFILE=${PROFILE:-0}
+KEEP=${KEEP:-0}
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+want() { case " $WORKLOADS " in *" $1 "*) return 0 ;; esac; return 1; }
+
+# ---------------------------------------------------------------- setup
+
+bash tests/install-deps.sh
+command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
+command -v go >/dev/null || die "Go is not installed (needed to build chainfs)"
+for t in qemu-img qemu-io qemu-storage-daemon fio fusermount3 dd cp cmp timeout; do
+	command -v "$t" >/dev/null || die "$t is missing"
+done
+
+parent=${BENCH_TMP:-${TMPDIR:-/var/tmp}}
+WORK=$(mktemp -d "$parent/chainfs-bench.XXXXXX")
+mkdir -p "$WORK/bin" "$WORK/img" "$WORK/mnt" "$WORK/exp" "$WORK/log" "$WORK/out"
+RESULTS=$WORK/out/results.tsv
+: >"$RESULTS"
+
+# Everything started, by pid, and everything mounted, by path.
+PIDS=()
+MOUNTS=()
+cleanup() {
+	local rc=$? m p
+	trap - EXIT INT TERM
+	set +e
+	for m in "${MOUNTS[@]}"; do
+		if grep -qF " $m " /proc/mounts; then
+			fusermount3 -u "$m" 2>/dev/null || fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+		fi
+	done
+	for p in "${PIDS[@]}"; do
+		kill "$p" 2>/dev/null
+	done
+	for p in "${PIDS[@]}"; do
+		for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+	done
+	rm -f "$WORK/out/w6-copy" 2>/dev/null
+	if grep -qF " $WORK/" /proc/mounts; then
+		log "something is still mounted under $WORK; leaving it in place"
+	elif [ "$KEEP" = 1 ]; then
+		log "kept $WORK"
+	else
+		rm -rf "$WORK"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+log "work directory $WORK"
+log "building chainfs, the ceiling server and benchtool"
+go build -o "$WORK/bin/chainfs" ./cmd/chainfs
+go build -o "$WORK/bin/ceiling" ./tests/bench/ceiling
+go build -o "$WORK/bin/benchtool" ./tests/bench/benchtool
+CHAINFS=$WORK/bin/chainfs
+BT=$WORK/bin/benchtool
+
+# ---------------------------------------------------------------- images
+
+IMG=$WORK/img
+cd "$IMG"
+if want W1 || want W4; then
+	log "W1: $W1_SIZE random base, every 3rd cluster rewritten in the middle layer, every 5th in the top"
+	"$BT" random base.raw "$W1_SIZE" 1
+	qemu-img convert -f raw -O qcow2 -o cluster_size=65536 base.raw w1-base.qcow2
+	rm base.raw
+	"$BT" stripes mid.raw "$W1_SIZE" 64K 3 2
+	qemu-img convert -f raw -O qcow2 -o cluster_size=65536 mid.raw w1-mid.qcow2
+	rm mid.raw
+	qemu-img rebase -u -f qcow2 -b w1-base.qcow2 -F qcow2 w1-mid.qcow2
+	"$BT" stripes top.raw "$W1_SIZE" 64K 5 3
+	qemu-img convert -f raw -O qcow2 -o cluster_size=65536 top.raw w1-top.qcow2
+	rm top.raw
+	qemu-img rebase -u -f qcow2 -b w1-mid.qcow2 -F qcow2 w1-top.qcow2
+	# What the ceiling serves: the guest view of the top, flattened.
+	qemu-img convert -f qcow2 -O raw w1-top.qcow2 w1-top.raw
+	for l in base mid top; do
+		log "  w1-$l.qcow2: $(qemu-img info --output=json -f qcow2 w1-$l.qcow2 | grep -m1 '"actual-size"' | tr -dc 0-9) bytes on disk"
+	done
+fi
+if want W2 || want W3; then
+	log "W2/W3: $TEXT_SIZE of compressible text with zero runs and incompressible stretches"
+	"$BT" text text.raw "$TEXT_SIZE" 7
+	if want W2; then qemu-img convert -c -f raw -O qcow2 -o compression_type=zstd,cluster_size=65536 text.raw w2-zstd.qcow2; fi
+	if want W3; then qemu-img convert -c -f raw -O qcow2 -o compression_type=zlib,cluster_size=65536 text.raw w3-zlib.qcow2; fi
+	for f in w2-zstd.qcow2 w3-zlib.qcow2; do
+		if [ -e $f ]; then log "  $f: $(stat -c %s $f) bytes for $(stat -c %s text.raw)"; fi
+	done
+fi
+if want W6; then
+	log "W6: 4 TiB qcow2 with four small extents"
+	qemu-img create -q -f qcow2 -o cluster_size=65536 w6-4t.qcow2 4T
+	T=$((1 << 40))
+	qemu-io -f qcow2 \
+		-c "write -q -P 0x11 0 65536" \
+		-c "write -q -P 0x22 $((T + 65536)) 1048576" \
+		-c "write -q -P 0x33 $((2 * T + 3 * 1048576)) 196608" \
+		-c "write -q -P 0x44 $((4 * T - 262144)) 262144" \
+		w6-4t.qcow2
+fi
+cd "$REPO"
+HOSTFILES=("$IMG"/*)
+warm_hosts() { cat "${HOSTFILES[@]}" >/dev/null; }
+warm_hosts
+
+# ---------------------------------------------------------------- mounts
+
+wait_mounted() { # PATH PID
+	local i
+	for i in $(seq 300); do
+		grep -qF " $1 " /proc/mounts && return 0
+		[ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null && return 1
+		sleep 0.1
+	done
+	return 1
+}
+
+# The pid of the background chainfs server of mount point $1: the process
+# whose command line is "$CHAINFS mount --foreground ... $1".
+chainfs_pid() {
+	local p cl
+	for p in /proc/[0-9]*; do
+		cl=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
+		case "$cl" in
+		"$CHAINFS mount --foreground "*" $1 ") echo "${p#/proc/}"; return 0 ;;
+		esac
+	done
+	return 1
+}
+
+declare -A VIEW PID
+mount_chainfs() { # KEY IMAGE
+	local mnt=$WORK/mnt/cfs-$1 pid
+	mkdir -p "$mnt"
+	MOUNTS+=("$mnt")
+	"$CHAINFS" mount --log-file "$WORK/log/chainfs-$1.log" "$2" "$mnt" || die "chainfs mount $2 failed"
+	wait_mounted "$mnt" || die "chainfs mount of $2 is not in /proc/mounts"
+	pid=$(chainfs_pid "$mnt") || die "cannot find the chainfs server of $mnt"
+	PIDS+=("$pid")
+	VIEW[cfs-$1]=$(ls "$mnt"/0-*.raw)
+	PID[cfs-$1]=$pid
+	log "  chainfs $(basename "$2"): pid $pid, ${VIEW[cfs-$1]}"
+}
+mount_qsd() { # KEY IMAGE
+	local exp=$WORK/exp/qsd-$1 pid
+	: >"$exp"
+	MOUNTS+=("$exp")
+	qemu-storage-daemon \
+		--blockdev "driver=file,node-name=file0,filename=$2,read-only=on" \
+		--blockdev "driver=qcow2,node-name=fmt0,file=file0,read-only=on" \
+		--export "type=fuse,id=exp0,node-name=fmt0,mountpoint=$exp,writable=off" \
+		>"$WORK/log/qsd-$1.log" 2>&1 &
+	pid=$!
+	PIDS+=("$pid")
+	wait_mounted "$exp" "$pid" || die "qemu-storage-daemon export of $2 did not come up: $(cat "$WORK/log/qsd-$1.log")"
+	VIEW[qsd-$1]=$exp
+	PID[qsd-$1]=$pid
+	log "  qemu-storage-daemon $(basename "$2"): pid $pid, $exp"
+}
+mount_ceiling() { # KEY RAW
+	local mnt=$WORK/mnt/ceil-$1 pid
+	mkdir -p "$mnt"
+	MOUNTS+=("$mnt")
+	"$WORK/bin/ceiling" -name view.raw "$2" "$mnt" >"$WORK/log/ceiling-$1.log" 2>&1 &
+	pid=$!
+	PIDS+=("$pid")
+	wait_mounted "$mnt" "$pid" || die "ceiling mount of $2 did not come up: $(cat "$WORK/log/ceiling-$1.log")"
+	VIEW[ceil-$1]=$mnt/view.raw
+	PID[ceil-$1]=$pid
+	log "  ceiling $(basename "$2"): pid $pid, $mnt/view.raw"
+}
+
+log "mounting"
+if want W1 || want W4; then
+	mount_chainfs w1 "$IMG/w1-top.qcow2"
+	mount_qsd w1 "$IMG/w1-top.qcow2"
+	mount_ceiling w1 "$IMG/w1-top.raw"
+fi
+if want W2; then mount_chainfs w2 "$IMG/w2-zstd.qcow2"; mount_qsd w2 "$IMG/w2-zstd.qcow2"; fi
+if want W3; then mount_chainfs w3 "$IMG/w3-zlib.qcow2"; mount_qsd w3 "$IMG/w3-zlib.qcow2"; fi
+if want W6; then mount_chainfs w6 "$IMG/w6-4t.qcow2"; mount_qsd w6 "$IMG/w6-4t.qcow2"; fi
+
+# ---------------------------------------------------------------- checks
+
+log "checking that every view reads the bytes qemu-img reads"
+if want W1 || want W4; then
+	for k in cfs-w1 qsd-w1 ceil-w1; do
+		cmp "${VIEW[$k]}" "$IMG/w1-top.raw" || die "$k differs from qemu-img convert of w1-top.qcow2"
+	done
+fi
+for w in w2 w3; do
+	[ -n "${VIEW[cfs-$w]:-}" ] || continue
+	for k in cfs-$w qsd-$w; do
+		cmp "${VIEW[$k]}" "$IMG/text.raw" || die "$k differs from the data it was converted from"
+	done
+done
+if want W6; then
+	for k in cfs-w6 qsd-w6; do
+		[ "$(stat -c %s "${VIEW[$k]}")" = $((4 << 40)) ] || die "$k is not 4 TiB"
+		timeout "$W6_TIMEOUT" cp --sparse=always "${VIEW[$k]}" "$WORK/out/w6-copy" || die "cp of $k failed or took over ${W6_TIMEOUT}s"
+		qemu-img compare -q -f raw -F qcow2 "$WORK/out/w6-copy" "$IMG/w6-4t.qcow2" || die "cp --sparse=always of $k differs from w6-4t.qcow2"
+		log "  $k: cp --sparse=always copy matches, $(du -k "$WORK/out/w6-copy" | cut -f1) KiB allocated"
+		rm -f "$WORK/out/w6-copy"
+	done
+fi
+
+# Dropping a FUSE file's pages: POSIX_FADV_DONTNEED drops clean pages
+# whatever keep_cache says; mincore then confirms none is left. If some
+# are (or the file cannot be mapped to check), fall back to drop_caches
+# and read the host images back in, so only the FUSE file starts cold.
+DROP_FALLBACKS=0
+drop_view() {
+	local out res
+	out=$("$BT" drop "$1") || die "benchtool drop $1"
+	res=$(echo "$out" | awk '{print $2}')
+	if [ "$res" != 0 ]; then
+		if [ "$res" = -1 ] && [ "${2:-}" = qsd ]; then
+			return 0 # qemu-storage-daemon's export cannot be mapped: direct_io, no page cache to drop
+		fi
+		DROP_FALLBACKS=$((DROP_FALLBACKS + 1))
+		sync
+		echo 1 >/proc/sys/vm/drop_caches
+		warm_hosts
+	fi
+}
+
+# Check once that the drop works: read the chainfs W1 view, drop, and see
+# that the next read goes back to the daemon (a re-read from the page
+# cache runs at memory speed, several GB/s).
+if want W1; then
+	v=${VIEW[cfs-w1]}
+	dd if="$v" of=/dev/null bs=1M status=none
+	log "  after a read: $("$BT" resident "$v" | awk '{print $2 " of " $3}') pages of the chainfs W1 view resident"
+	drop_view "$v"
+	log "  after the drop: $("$BT" resident "$v" | awk '{print $2 " of " $3}') pages resident; qsd export: $("$BT" resident "${VIEW[qsd-w1]}" | awk '{print $2}') (-1: cannot be mapped)"
+fi
+
+# ---------------------------------------------------------------- runs
+
+# run1 WORKLOAD SIDE KEY ROUND KIND: one measured run; appends
+# "WORKLOAD SIDE ROUND VALUE RSS_KIB" to the results.
+run1() {
+	local wl=$1 side=$2 key=$3 round=$4 kind=$5 view=${VIEW[$3]} pid=${PID[$3]} out secs rss value
+	drop_view "$view" "$side"
+	case $kind in
+	dd)
+		out=$("$BT" run "$pid" -- dd if="$view" of=/dev/null bs=1M status=none 2>>"$WORK/log/runs.log") || { log "$wl $side: dd failed"; out="-1 0"; }
+		read -r secs rss <<<"$out"
+		value=$(awk -v b="$(stat -c %s "$view")" -v s="$secs" 'BEGIN { if (s > 0) printf "%.1f", b / 1048576 / s; else print -1 }')
+		;;
+	fio*)
+		local jobs=${kind#fio} part=()
+		if [ "$W4_DIRECT" = 0 ]; then
+			# Buffered: one part of the file per job, so that jobs do not
+			# read each other's pages from the cache.
+			local sz
+			sz=$(($(stat -c %s "$view") / jobs / 4096 * 4096))
+			part=(--size="$sz" --offset_increment="$sz")
+		fi
+		out=$("$BT" run "$pid" -- fio --name=w4 --filename="$view" --readonly --ioengine=psync --rw=randread \
+			--bs=4k --direct="$W4_DIRECT" "${part[@]}" --time_based --runtime="$FIO_RUNTIME" --numjobs="$jobs" \
+			--group_reporting --output-format=json --output="$WORK/out/fio.json" 2>>"$WORK/log/runs.log") ||
+			{ log "$wl $side: fio failed"; out="-1 0"; }
+		read -r secs rss <<<"$out"
+		value=$("$BT" fioiops "$WORK/out/fio.json" 2>>"$WORK/log/runs.log") || value=-1
+		;;
+	cp)
+		out=$("$BT" run "$pid" -- timeout "$W6_TIMEOUT" cp --sparse=always "$view" "$WORK/out/w6-copy" 2>>"$WORK/log/runs.log") || { log "$wl $side: cp failed or timed out"; out="-1 0"; }
+		read -r secs rss <<<"$out"
+		value=$secs
+		rm -f "$WORK/out/w6-copy"
+		;;
+	esac
+	printf '%s\t%s\t%s\t%s\t%s\n' "$wl" "$side" "$round" "$value" "$rss" >>"$RESULTS"
+	log "  $wl round $round $side: $value $(case $kind in dd) echo MiB/s ;; fio*) echo IOPS ;; cp) echo s ;; esac), peak RSS $((rss / 1024)) MiB"
+}
+
+# pairs WORKLOAD KIND KEYSUFFIX WITH_CEILING
+pairs() {
+	local wl=$1 kind=$2 k=$3 ceil=$4 r
+	log "$wl ($kind), $N rounds"
+	for r in $(seq "$N"); do
+		run1 "$wl" chainfs "cfs-$k" "$r" "$kind"
+		run1 "$wl" qsd "qsd-$k" "$r" "$kind"
+		if [ "$ceil" = 1 ]; then run1 "$wl" ceiling "ceil-$k" "$r" "$kind"; fi
+	done
+}
+
+START=$(date +%s)
+if want W1; then pairs W1 dd w1 1; fi
+if want W2; then pairs W2 dd w2 0; fi
+if want W3; then pairs W3 dd w3 0; fi
+if want W4; then
+	pairs W4j1 fio1 w1 1
+	pairs W4j4 fio4 w1 1
+fi
+if want W6; then pairs W6 cp w6 0; fi
+ELAPSED=$(($(date +%s) - START))
+
+if [ "$PROFILE" = 1 ] && command -v perf >/dev/null; then
+	log "profiling the chainfs daemon with perf (one more W1, W2, W4 4-job run each)"
+	prof() { # NAME KEY KIND
+		local pid=${PID[$2]}
+		perf record -q -g -F 999 -p "$pid" -o "$WORK/out/perf-$1.data" 2>>"$WORK/log/perf.log" &
+		local ppid=$!
+		sleep 0.5
+		run1 "prof-$1" chainfs "$2" 0 "$3" >/dev/null
+		kill -INT "$ppid"
+		wait "$ppid" 2>/dev/null || true
+		echo "---- perf: chainfs during $1 (self %, top 25)"
+		perf report -i "$WORK/out/perf-$1.data" --no-children --sort symbol --stdio 2>/dev/null |
+			grep -E '^ +[0-9.]+%' | head -25
+	}
+	PROFOUT=$WORK/out/profile.txt
+	{
+		if want W1 || want W4; then prof W1 cfs-w1 dd; fi
+		if want W2; then prof W2 cfs-w2 dd; fi
+		if want W4; then prof W4j4 cfs-w1 fio4; fi
+	} >"$PROFOUT" 2>&1 || true
+fi
+
+# ---------------------------------------------------------------- report
+
+echo
+echo "== chainfs vs qemu-storage-daemon FUSE export vs go-fuse pread ceiling"
+echo "   $(date -u +%FT%TZ), $(uname -r), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')),"
+echo "   $(qemu-storage-daemon --version | head -1), chainfs $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?'),"
+echo "   N=$N pairs, W1 $W1_SIZE, W2/W3 $TEXT_SIZE, fio ${FIO_RUNTIME}s direct=$W4_DIRECT, measured in ${ELAPSED}s; page-cache drop fallbacks: $DROP_FALLBACKS"
+echo "   ratio = median over rounds of chainfs/peer (W6: peer time / chainfs time); RSS = max VmRSS sampled every 100 ms"
+echo
+"$BT" report "$RESULTS"
+echo
+echo "daemon VmHWM over the whole run (KiB):"
+for k in "${!PID[@]}"; do
+	printf '  %-8s %s\n' "$k" "$("$BT" hwm "${PID[$k]}")"
+done | sort
+echo
+echo "per-run values (workload side round value rss_kib):"
+sed 's/^/  /' "$RESULTS"
+if [ -n "${PROFOUT:-}" ] && [ -s "$PROFOUT" ]; then
+	echo
+	cat "$PROFOUT"
+fi
