@@ -218,6 +218,43 @@ func TestForegroundSignals(t *testing.T) {
 	}
 }
 
+// TestForegroundStderrClosed: a foreground server whose stderr pipe is
+// closed (chainfs mount -f 2>&1 | head) keeps serving instead of dying
+// of SIGPIPE and leaving a dead mount.
+func TestForegroundStderrClosed(t *testing.T) {
+	mnt := newMountpoint(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(chainfsBin, "mount", "-f", "--debug-fuse", sampleTop(t), mnt)
+	cmd.Stderr = w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		exec.Command("fusermount3", "-u", "-z", mnt).Run()
+	})
+	if !waitFor(10*time.Second, func() bool { _, ok := mountOf(mnt); return ok }) {
+		t.Fatal("never mounted")
+	}
+	r.Close()
+	for range 3 { // every request now logs into the broken pipe
+		if _, err := os.ReadFile(filepath.Join(mnt, "1-mid.qcow2.raw")); err != nil {
+			t.Fatalf("reading with stderr closed: %v", err)
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("server ended with %v", err)
+	}
+	if _, ok := mountOf(mnt); ok {
+		t.Error("still mounted")
+	}
+}
+
 // TestMountTypeFuseChainfs: mount(8) with -t fuse.chainfs, as /etc/fstab
 // does it, goes through mount.fuse3 to "chainfs IMAGE MNT -o OPTS".
 func TestMountTypeFuseChainfs(t *testing.T) {

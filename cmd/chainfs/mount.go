@@ -140,6 +140,9 @@ func (s *server) run(lf *logFlags) int {
 	// acted on once the mount exists.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	// A closed stderr pipe (chainfs mount -f 2>&1 | head) must not kill
+	// the server and leave a dead mount: writes fail with EPIPE instead.
+	signal.Ignore(syscall.SIGPIPE)
 
 	chain, err := layers.Open(s.image, &layers.Options{Format: s.format, Log: log, ForceShare: s.opts.forceShare})
 	if err != nil {
