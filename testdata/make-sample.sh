@@ -45,10 +45,17 @@ io raw base.raw \
 truncate -s 200000 base.raw
 
 qemu-img create -q -f qcow2 -o cluster_size=4096 -b base.raw -F raw mid.qcow2 512k
+# One compressed cluster per command: qemu-io compresses the clusters of
+# one write in parallel and stores them in whatever order they finish,
+# which would make the file differ from run to run.
+compressed=()
+for ((off = 256 * 1024; off < 320 * 1024; off += 4096)); do
+	compressed+=("write -c -P 0x33 $off 4k")
+done
 io qcow2 mid.qcow2 \
 	"write -z 0 16k" \
 	"write -P 0x44 160k 64k" \
-	"write -c -P 0x33 256k 64k"
+	"${compressed[@]}"
 
 qemu-img create -q -f qcow2 -o cluster_size=16384,extended_l2=on -b mid.qcow2 -F qcow2 top.qcow2 512k
 io qcow2 top.qcow2 \
