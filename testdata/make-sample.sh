@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates testdata/sample, the small chain the demo mounts and the
-# tests check:
+# Regenerates testdata/sample (or the directory given as the argument),
+# the small chain the demo mounts and the tests check:
 #
 #   top.qcow2  (qcow2, 16 KiB clusters, extended L2: 512-byte subclusters)
 #     -> mid.qcow2 (qcow2, 4 KiB clusters)
@@ -20,9 +20,10 @@
 # base.raw is written out in full, with no holes, so that a git checkout
 # (which cannot keep holes) shows the same maps as a fresh run.
 set -euo pipefail
-dir="$(cd "$(dirname "$0")" && pwd)/sample"
+dir=${1:-"$(cd "$(dirname "$0")" && pwd)/sample"}
 mkdir -p "$dir"
 cd "$dir"
+dir=$(pwd)
 rm -f top.qcow2 mid.qcow2 base.raw
 
 io() { # io FORMAT FILE CMD...: run qemu-io commands, failing on any error

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -418,4 +419,26 @@ func alive(pid int) bool {
 	}
 	i := strings.LastIndexByte(string(b), ')')
 	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+}
+
+// TestSampleReproducible: testdata/make-sample.sh makes exactly the
+// committed sample, so the two cannot drift apart.
+func TestSampleReproducible(t *testing.T) {
+	dir := t.TempDir()
+	if out, err := exec.Command("bash", "../testdata/make-sample.sh", dir).CombinedOutput(); err != nil {
+		t.Fatalf("make-sample.sh: %v\n%s", err, out)
+	}
+	for _, name := range []string{"top.qcow2", "mid.qcow2", "base.raw"} {
+		got, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := os.ReadFile(filepath.Join("../testdata/sample", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s made by make-sample.sh differs from the committed one: rerun testdata/make-sample.sh and commit", name)
+		}
+	}
 }
