@@ -100,6 +100,26 @@ var chainCases = []chainCase{
 		imagetest.QemuIO(t, "qcow2", top, "write -P 0x62 128k 64k", "write -z 512k 64k")
 		return []layer{{top, "qcow2"}, {base, "qcow2"}}
 	}},
+	{"compat=0.10 over a longer backing, 2 MiB clusters", func(t *testing.T, dir string) []layer {
+		base := imagetest.Create(t, dir, "base.qcow2", "qcow2", 8<<20, "cluster_size=2M")
+		imagetest.QemuIO(t, "qcow2", base, "write -P 0x11 0 3M", "write -z 4M 2M", "write -c -P 0x12 6M 2M")
+		top := imagetest.Create(t, dir, "top.qcow2", "qcow2", 5<<20, "compat=0.10", "cluster_size=4096", "backing_file=base.qcow2", "backing_fmt=qcow2")
+		imagetest.QemuIO(t, "qcow2", top, "write -z 8k 8k", "write -P 0x21 1M 12k", "write -z 4092k 8k")
+		return []layer{{top, "qcow2"}, {base, "qcow2"}}
+	}},
+	{"five layers, compressed clusters with subclusters", func(t *testing.T, dir string) []layer {
+		l4 := filepath.Join(dir, "l4.img")
+		writeSparse(t, l4, 2<<20, map[int64]byte{0: 0x41, 1 << 20: 0x42, 2<<20 - 4096: 0x43})
+		l3 := imagetest.Create(t, dir, "l3.qcow2", "qcow2", 0, "extended_l2=on", "cluster_size=128k", "backing_file=l4.img", "backing_fmt=raw")
+		imagetest.QemuIO(t, "qcow2", l3, "write -c -P 0x31 128k 128k", "write -P 0x32 260k 4k", "write -z 1M 4k")
+		l2 := imagetest.Create(t, dir, "l2.qcow2", "qcow2", 0, "backing_file=l3.qcow2", "backing_fmt=qcow2")
+		imagetest.QemuIO(t, "qcow2", l2, "discard 0 64k", "write -P 0x21 192k 64k")
+		l1 := imagetest.Create(t, dir, "l1.qcow2", "qcow2", 2<<20, "backing_file=l2.qcow2", "backing_fmt=qcow2")
+		imagetest.QemuIO(t, "qcow2", l1, "write -P 0x11 1M 4k")
+		l0 := imagetest.Create(t, dir, "l0.qcow2", "qcow2", 0, "cluster_size=512", "backing_file=l1.qcow2", "backing_fmt=qcow2")
+		imagetest.QemuIO(t, "qcow2", l0, "write -z 0 1k", "write -P 0x01 1M 512")
+		return []layer{{l0, "qcow2"}, {l1, "qcow2"}, {l2, "qcow2"}, {l3, "qcow2"}, {l4, "raw"}}
+	}},
 	{"metadata preallocation", func(t *testing.T, dir string) []layer {
 		img := imagetest.Create(t, dir, "prealloc.qcow2", "qcow2", 1<<20, "preallocation=metadata")
 		imagetest.QemuIO(t, "qcow2", img, "write -P 0x71 64k 64k")
