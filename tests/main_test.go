@@ -183,7 +183,11 @@ func mount(t testing.TB, image string, args ...string) string {
 		t.Fatal(err)
 	}
 	logFile := filepath.Join(dir, "chainfs.log")
-	full := append([]string{"mount", "--log-file", logFile, "--log-level", "debug"}, args...)
+	full := []string{"mount", "--log-file", logFile, "--log-level", "debug"}
+	if testing.Verbose() {
+		full = append(full, "--debug-fuse") // the wire trace, shown if the test fails
+	}
+	full = append(full, args...)
 	full = append(full, image, mnt)
 	out, code := chainfs(t, full...)
 	if code != 0 {
@@ -195,6 +199,9 @@ func mount(t testing.TB, image string, args ...string) string {
 	t.Cleanup(func() {
 		unmount(t, mnt)
 		checkLog(t, logFile)
+		if t.Failed() {
+			showLog(t, logFile)
+		}
 	})
 	return mnt
 }
@@ -232,4 +239,15 @@ func checkLog(t testing.TB, logFile string) {
 			t.Errorf("mount log: %s", line)
 		}
 	}
+}
+
+// showLog logs the tail of a mount's log, for a failed test.
+func showLog(t testing.TB, logFile string) {
+	t.Helper()
+	b, _ := os.ReadFile(logFile)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 200 {
+		lines = lines[len(lines)-200:]
+	}
+	t.Logf("mount log %s (last %d lines):\n%s", logFile, len(lines), strings.Join(lines, "\n"))
 }
