@@ -237,6 +237,29 @@ func chainRows() []chainRow {
 			qcow2("top.qcow2", 0, "compression_type=zstd", "cluster_size=4096").on("ext.qcow2", "qcow2").io("write -c -P 4 0 4k", "write -P 5 1023k 1k"),
 		}},
 		{name: "22-layer chain", chain: deep},
+		{name: "backing names relative to each image's own directory", chain: []img{
+			full("sub/base.qcow2", 512*KiB, 0xe1),
+			qcow2("sub/mid.qcow2", 0).on("base.qcow2", "qcow2").io("write -P 1 0 64k"),
+			qcow2("top.qcow2", 0).on("sub/mid.qcow2", "qcow2").io("write -P 2 128k 64k"),
+		}},
+		{name: "absolute backing name", chain: []img{
+			full("base.qcow2", 512*KiB, 0xe2),
+			qcow2("top.qcow2", 512*KiB).io("write -P 1 0 64k").then(func(t *testing.T, path string) {
+				imagetest.QemuImg(t, "rebase", "-u", "-f", "qcow2", "-b", filepath.Join(filepath.Dir(path), "base.qcow2"), "-F", "qcow2", path)
+			}),
+		}},
+		{name: "empty raw file", chain: []img{rawBytes("empty.raw", func() []byte { return nil })}},
+		{name: "qcow2 of size 0 on a backing", chain: []img{
+			full("base.qcow2", 64*KiB, 0xe3),
+			qcow2("zero.qcow2", 1).on("base.qcow2", "qcow2").then(func(t *testing.T, path string) {
+				imagetest.PatchBE64(t, path, 24, 0)
+			}),
+		}},
+		{name: "qcow2 header size 511 reads as size 0", chain: []img{
+			qcow2("tiny.qcow2", 512).io("write -P 1 0 512").then(func(t *testing.T, path string) {
+				imagetest.PatchBE64(t, path, 24, 511)
+			}),
+		}},
 		{name: "missing backing format: qcow2 backing is probed", warn: []string{`backing file "base.qcow2" has no recorded format; probed it as qcow2`}, chain: []img{
 			full("base.qcow2", 512*KiB, 0xd1),
 			qcow2("top.qcow2", 0).on("base.qcow2", "qcow2").io("write -P 1 64k 64k").then(dropBackingFormat),
