@@ -95,6 +95,13 @@ func brokenRows() []brokenRow {
 				return p, []string{fmt.Sprintf("top.qcow2: cluster allocation offset %#x is not cluster aligned (guest offset 0x0, L2 table at %#x, index 0)",
 					(e+512)&l1Mask, l2off)}
 			}},
+		{name: "zero flag in a version 2 image", is: layers.ErrCorrupt, atRead: true, qemu: "refuses",
+			make: func(t *testing.T, dir string) (string, []string) {
+				p := small(t, dir, "v2.qcow2", "compat=0.10", "cluster_size=4096")
+				l2off := l2(t, p, 0)
+				imagetest.PatchBE64(t, p, l2off+8, 1) // guest 4 KiB: plain zero
+				return p, []string{fmt.Sprintf("v2.qcow2: zero cluster entry in a version 2 image for guest offset 0x1000 (L2 table at %#x, index 1)", l2off)}
+			}},
 		{name: "compressed cluster past the end of the file", is: layers.ErrCorrupt, atRead: true, qemu: "refuses",
 			make: func(t *testing.T, dir string) (string, []string) {
 				p := imagetest.Create(t, dir, "z.qcow2", "qcow2", 1*MiB)
@@ -176,8 +183,19 @@ func brokenRows() []brokenRow {
 		{name: "LUKS-encrypted", is: layers.ErrEncrypted, qemu: "refuses",
 			make: func(t *testing.T, dir string) (string, []string) {
 				p := filepath.Join(dir, "luks.qcow2")
-				imagetest.QemuImg(t, "create", "-q", "-f", "qcow2", "--object", "secret,id=sec0,data=abc",
-					"-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", p, "1M")
+				args := []string{"create", "-q", "-f", "qcow2", "--object", "secret,id=sec0,data=abc",
+					"-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=100", p, "1M"}
+				// QEMU's PBKDF benchmark now and then fails with "Unable
+				// to get accurate CPU usage" on a busy machine: retry.
+				for try := 0; ; try++ {
+					_, stderr, err := imagetest.RunErr(t, dir, "qemu-img", args...)
+					if err == nil {
+						break
+					}
+					if try == 9 || !strings.Contains(stderr, "accurate CPU usage") {
+						t.Fatalf("qemu-img %s: %v\n%s", strings.Join(args, " "), err, stderr)
+					}
+				}
 				return p, []string{"luks.qcow2: LUKS-encrypted qcow2"}
 			}},
 		{name: "AES-encrypted", is: layers.ErrEncrypted, qemu: "refuses",

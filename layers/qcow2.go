@@ -151,6 +151,11 @@ func (q *qcow2) status(dst []Extent, off, length int64) ([]Extent, error) {
 			}
 			if !q.extL2 {
 				t := q.subclusterType(e, 0, 0)
+				if (t == scZeroPlain || t == scZeroAlloc) && q.hdr.Version < 3 {
+					// Version 2 has no zero flag; QEMU refuses the entry.
+					return dst, corrupt(q.name, "zero cluster entry in a version 2 image for guest offset %#x (L2 table at %#x, index %d)",
+						clusterStart, q.l1[l1i].l2Offset(), l2i)
+				}
 				ext := Extent{Offset: off, Length: clusterEnd - off, Kind: t.kind()}
 				if t.hasHost() {
 					if err := q.setHost(&ext, e, off, l2i, l1i); err != nil {
