@@ -161,6 +161,24 @@ func brokenRows() []brokenRow {
 				imagetest.PatchBE32(t, p, 20, 22)
 				return p, []string{"top.qcow2: header: cluster_bits 22 outside 9..21"}
 			}},
+		{name: "data_file_raw without a data file", is: layers.ErrCorrupt, qemu: "refuses",
+			make: func(t *testing.T, dir string) (string, []string) {
+				p := small(t, dir, "top.qcow2")
+				imagetest.PatchBE64(t, p, 88, imagetest.ReadBE64(t, p, 88)|layers.AutoclearDataFileRaw)
+				return p, []string{"top.qcow2: header: data_file_raw set without an external data file"}
+			}},
+		{name: "backing file name offset beyond the first cluster", is: layers.ErrCorrupt, qemu: "refuses",
+			make: func(t *testing.T, dir string) (string, []string) {
+				p := small(t, dir, "top.qcow2", "cluster_size=4096")
+				imagetest.PatchBE64(t, p, 8, 8192)
+				return p, []string{"top.qcow2: header: backing file name offset 0x2000 lies beyond the first cluster"}
+			}},
+		{name: "extended L2 with 4 KiB clusters", is: layers.ErrCorrupt, qemu: "refuses",
+			make: func(t *testing.T, dir string) (string, []string) {
+				p := small(t, dir, "top.qcow2", "cluster_size=4096")
+				setIncompat(layers.IncompatExtendedL2)(t, p)
+				return p, []string{"top.qcow2: header: extended L2 entries need clusters of at least 16 KiB"}
+			}},
 		{name: "qcow2 version 4", is: layers.ErrUnsupported, qemu: "refuses",
 			make: func(t *testing.T, dir string) (string, []string) {
 				p := small(t, dir, "top.qcow2")

@@ -165,6 +165,10 @@ func DecodeHeader(name string, r io.ReaderAt, fileSize int64) (*Header, error) {
 		return nil, corrupt(name, "header: refcount_order %d exceeds 6", h.RefcountOrder)
 	}
 
+	if h.BackingFileOffset > cs {
+		return nil, corrupt(name, "header: backing file name offset %#x lies beyond the first cluster", h.BackingFileOffset)
+	}
+
 	// Extensions come before the backing file name, inside the first cluster.
 	extEndOff := cs
 	if h.BackingFileOffset != 0 && h.BackingFileOffset < extEndOff {
@@ -210,8 +214,8 @@ func DecodeHeader(name string, r io.ReaderAt, fileSize int64) (*Header, error) {
 		return nil, corrupt(name, "header: external data file bit set but no data file name extension")
 	}
 	if !h.ExternalData() && h.DataFileRaw() {
-		// QEMU ignores data_file_raw without a data file (it is autoclear).
-		h.AutoclearFeatures &^= AutoclearDataFileRaw
+		// QEMU refuses to open such an image, even read-only.
+		return nil, corrupt(name, "header: data_file_raw set without an external data file")
 	}
 
 	// Virtual size and L1 table.

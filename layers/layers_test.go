@@ -207,6 +207,11 @@ func chainRows() []chainRow {
 				imagetest.PatchBE64(t, path, 24, 1000300)
 			}),
 		}},
+		{name: "header_length 105, not a multiple of 8", chain: []img{
+			qcow2("hl.qcow2", 1*MiB, "cluster_size=4096").io("write -P 1 0 8k").then(func(t *testing.T, path string) {
+				imagetest.PatchBE32(t, path, 100, 105)
+			}),
+		}},
 		{name: "raw image with holes, size not a multiple of 512", chain: []img{
 			{name: "sparse.raw", format: "raw", build: func(t *testing.T, dir, path string) {
 				f, err := os.Create(path)
