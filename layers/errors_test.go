@@ -179,6 +179,30 @@ func brokenRows() []brokenRow {
 				setIncompat(layers.IncompatExtendedL2)(t, p)
 				return p, []string{"top.qcow2: header: extended L2 entries need clusters of at least 16 KiB"}
 			}},
+		{name: "bitmaps extension with no bitmaps", is: layers.ErrCorrupt, qemu: "refuses",
+			make: func(t *testing.T, dir string) (string, []string) {
+				p := small(t, dir, "top.qcow2")
+				bitmap("b0", "--add")(t, p)
+				off := findExtension(t, p, 0x23852875)
+				imagetest.PatchBE32(t, p, off+8, 0)
+				return p, []string{fmt.Sprintf("top.qcow2: bitmaps extension at %#x: no bitmaps", off)}
+			}},
+		{name: "bitmaps extension with a huge directory", is: layers.ErrCorrupt, qemu: "refuses",
+			make: func(t *testing.T, dir string) (string, []string) {
+				p := small(t, dir, "top.qcow2")
+				bitmap("b0", "--add")(t, p)
+				off := findExtension(t, p, 0x23852875)
+				imagetest.PatchBE64(t, p, off+16, 1<<40)
+				return p, []string{fmt.Sprintf("top.qcow2: bitmaps extension at %#x: bitmap directory of 1099511627776 bytes exceeds", off)}
+			}},
+		{name: "bitmaps extension with an unaligned directory", is: layers.ErrCorrupt, qemu: "refuses",
+			make: func(t *testing.T, dir string) (string, []string) {
+				p := small(t, dir, "top.qcow2")
+				bitmap("b0", "--add")(t, p)
+				off := findExtension(t, p, 0x23852875)
+				imagetest.PatchBE64(t, p, off+24, imagetest.ReadBE64(t, p, off+24)+8)
+				return p, []string{fmt.Sprintf("top.qcow2: bitmaps extension at %#x: bitmap directory offset", off), "is not cluster aligned"}
+			}},
 		{name: "qcow2 version 4", is: layers.ErrUnsupported, qemu: "refuses",
 			make: func(t *testing.T, dir string) (string, []string) {
 				p := small(t, dir, "top.qcow2")

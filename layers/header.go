@@ -304,6 +304,9 @@ func (h *Header) decodeExtensions(name string, first []byte, start, end uint64) 
 			}
 		case extBitmaps:
 			h.HasBitmaps = true
+			if err := h.checkBitmapsExt(name, off, payload); err != nil {
+				return err
+			}
 		case extCrypto:
 			// Only meaningful with LUKS, which is refused anyway.
 		case extDataFile:
@@ -318,4 +321,39 @@ func (h *Header) decodeExtensions(name string, first []byte, start, end uint64) 
 		}
 		off = next
 	}
+}
+
+// Bitmap limits (QCOW2_MAX_BITMAPS, QCOW2_MAX_BITMAP_DIRECTORY_SIZE).
+const (
+	maxBitmaps      = 65535
+	maxBitmapDirLen = 1024 * maxBitmaps
+)
+
+// checkBitmapsExt makes the checks QEMU makes of the bitmaps extension
+// when it opens an image: a malformed one fails the open. Without the
+// bitmaps autoclear bit QEMU considers every bitmap inconsistent and
+// ignores the extension. chainfs does not read the bitmap directory.
+func (h *Header) checkBitmapsExt(name string, off uint64, p []byte) error {
+	if len(p) != 24 {
+		return corrupt(name, "bitmaps extension at %#x: length %d, not 24", off, len(p))
+	}
+	if h.AutoclearFeatures&AutoclearBitmaps == 0 {
+		return nil
+	}
+	be := binary.BigEndian
+	n, reserved := be.Uint32(p), be.Uint32(p[4:])
+	dirLen, dirOff := be.Uint64(p[8:]), be.Uint64(p[16:])
+	switch {
+	case reserved != 0:
+		return corrupt(name, "bitmaps extension at %#x: reserved field is %#x, not zero", off, reserved)
+	case n > maxBitmaps:
+		return corrupt(name, "bitmaps extension at %#x: %d bitmaps exceed QEMU's limit of %d", off, n, maxBitmaps)
+	case n == 0:
+		return corrupt(name, "bitmaps extension at %#x: no bitmaps", off)
+	case dirOff&(uint64(1)<<h.ClusterBits-1) != 0:
+		return corrupt(name, "bitmaps extension at %#x: bitmap directory offset %#x is not cluster aligned", off, dirOff)
+	case dirLen > maxBitmapDirLen:
+		return corrupt(name, "bitmaps extension at %#x: bitmap directory of %d bytes exceeds QEMU's limit of %d", off, dirLen, maxBitmapDirLen)
+	}
+	return nil
 }

@@ -235,6 +235,12 @@ func chainRows() []chainRow {
 				bitmap("b0", "--add", "-g", "64k"), bitmap("b1", "--add", "--disable"),
 				qio("write -P 1 100k 200k", "write -z 512k 64k")),
 		}},
+		{name: "bitmaps extension ignored without the bitmaps autoclear bit", chain: []img{
+			qcow2("bm.qcow2", 1*MiB).then(bitmap("b0", "--add"), qio("write -P 1 0 64k"), func(t *testing.T, path string) {
+				imagetest.PatchBE32(t, path, findExtension(t, path, 0x23852875)+8, 0) // no bitmaps: broken, but ignored
+				imagetest.PatchBE64(t, path, 88, 0)
+			}),
+		}},
 		{name: "four layers: raw, v2 512 B, v3 extended L2, zstd compressed", chain: []img{
 			rawBytes("base.raw", func() []byte { return pattern(768*KiB, 3) }),
 			qcow2("v2.qcow2", 1*MiB, "compat=0.10", "cluster_size=512").on("base.raw", "raw").io("write -P 1 1000 2000", "write -P 2 700k 200k"),
