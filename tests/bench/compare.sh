@@ -39,10 +39,12 @@
 #   FIO_RUNTIME=10 seconds per fio run
 #   W4_DIRECT=1    fio --direct (0: buffered, page cache dropped first)
 #   W6_TIMEOUT=300 seconds before a W6 copy counts as failed
+#   QUIET_MAX=20   seconds to wait before each round for the CPUs to be
+#                  at most QUIET_BUSY=0.25 busy (others' work skews runs)
 #   WORKLOADS="W1 W2 W3 W4 W6"   which to run
 #   PROFILE=1      also record a perf profile of the chainfs daemon over
-#                  one extra W1, W2 and W4 (4 jobs) run each, and print
-#                  its top symbols
+#                  one extra W1, W2, W3 and W4 (4 jobs) run each, and
+#                  print its top symbols
 #   KEEP=1         keep the work directory (images, logs, results)
 #   BENCH_TMP=DIR  parent of the work directory
 set -euo pipefail
@@ -63,6 +65,8 @@ else
 	FIO_RUNTIME=${FIO_RUNTIME:-10}
 fi
 W4_DIRECT=${W4_DIRECT:-1}
+QUIET_MAX=${QUIET_MAX:-20}
+QUIET_BUSY=${QUIET_BUSY:-0.25}
 W6_TIMEOUT=${W6_TIMEOUT:-300}
 WORKLOADS=${WORKLOADS:-W1 W2 W3 W4 W6}
 PROFILE=${PROFILE:-0}
@@ -312,15 +316,20 @@ fi
 # run1 WORKLOAD SIDE KEY ROUND KIND: one measured run; appends
 # "WORKLOAD SIDE ROUND VALUE RSS_KIB" to the results.
 run1() {
-	local wl=$1 side=$2 key=$3 round=$4 kind=$5 view=${VIEW[$3]} pid=${PID[$3]} out secs rss value
+	local wl=$1 side=$2 key=$3 round=$4 kind=$5 view=${VIEW[$3]} pid=${PID[$3]}
+	local out secs rss cpu value work unit
 	drop_view "$view" "$side"
 	case $kind in
 	dd)
-		out=$("$BT" run "$pid" -- dd if="$view" of=/dev/null bs=1M status=none 2>>"$WORK/log/runs.log") || { log "$wl $side: dd failed"; out="-1 0"; }
-		read -r secs rss <<<"$out"
-		value=$(awk -v b="$(stat -c %s "$view")" -v s="$secs" 'BEGIN { if (s > 0) printf "%.1f", b / 1048576 / s; else print -1 }')
+		unit=MiB/s
+		work=$(stat -c %s "$view")
+		out=$("$BT" run "$pid" -- dd if="$view" of=/dev/null bs=1M status=none 2>>"$WORK/log/runs.log") ||
+			{ log "$wl $side: dd failed"; out="-1 0 0"; }
+		read -r secs rss cpu <<<"$out"
+		value=$(awk -v b="$work" -v s="$secs" 'BEGIN { if (s > 0) printf "%.1f", b / 1048576 / s; else print -1 }')
 		;;
 	fio*)
+		unit=IOPS
 		local jobs=${kind#fio} part=()
 		if [ "$W4_DIRECT" = 0 ]; then
 			# Buffered: one part of the file per job, so that jobs do not
@@ -332,19 +341,38 @@ run1() {
 		out=$("$BT" run "$pid" -- fio --name=w4 --filename="$view" --readonly --ioengine=psync --rw=randread \
 			--bs=4k --direct="$W4_DIRECT" "${part[@]}" --time_based --runtime="$FIO_RUNTIME" --numjobs="$jobs" \
 			--group_reporting --output-format=json --output="$WORK/out/fio.json" 2>>"$WORK/log/runs.log") ||
-			{ log "$wl $side: fio failed"; out="-1 0"; }
-		read -r secs rss <<<"$out"
-		value=$("$BT" fioiops "$WORK/out/fio.json" 2>>"$WORK/log/runs.log") || value=-1
+			{ log "$wl $side: fio failed"; out="-1 0 0"; }
+		read -r secs rss cpu <<<"$out"
+		read -r value work <<<"$("$BT" fioiops "$WORK/out/fio.json" 2>>"$WORK/log/runs.log" || echo -1 0)"
+		rm -f "$WORK/out/fio.json"
 		;;
 	cp)
-		out=$("$BT" run "$pid" -- timeout "$W6_TIMEOUT" cp --sparse=always "$view" "$WORK/out/w6-copy" 2>>"$WORK/log/runs.log") || { log "$wl $side: cp failed or timed out"; out="-1 0"; }
-		read -r secs rss <<<"$out"
+		unit=s
+		work=1
+		out=$("$BT" run "$pid" -- timeout "$W6_TIMEOUT" cp --sparse=always "$view" "$WORK/out/w6-copy" 2>>"$WORK/log/runs.log") ||
+			{ log "$wl $side: cp failed or timed out"; out="-1 0 0"; }
+		read -r secs rss cpu <<<"$out"
 		value=$secs
 		rm -f "$WORK/out/w6-copy"
 		;;
 	esac
-	printf '%s\t%s\t%s\t%s\t%s\n' "$wl" "$side" "$round" "$value" "$rss" >>"$RESULTS"
-	log "  $wl round $round $side: $value $(case $kind in dd) echo MiB/s ;; fio*) echo IOPS ;; cp) echo s ;; esac), peak RSS $((rss / 1024)) MiB"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$side" "$round" "$value" "$rss" "$cpu" "$work" >>"$RESULTS"
+	log "  $wl round $round $side: $value $unit, daemon CPU ${cpu}s, peak RSS $((rss / 1024)) MiB"
+}
+
+# Before each round, wait up to QUIET_MAX seconds for the CPUs to be
+# idle (at most QUIET_BUSY busy): other work on a 2-CPU machine swings a
+# single run by several times.
+BUSY_ROUNDS=0
+ROUNDS=0
+quiet() {
+	local waited busy
+	read -r waited busy <<<"$("$BT" quiet "$QUIET_MAX" "$QUIET_BUSY")"
+	ROUNDS=$((ROUNDS + 1))
+	if awk -v b="$busy" -v t="$QUIET_BUSY" 'BEGIN { exit !(b > t) }'; then
+		BUSY_ROUNDS=$((BUSY_ROUNDS + 1))
+		log "  the machine is still $(awk -v b="$busy" 'BEGIN { printf "%d", b * 100 }')% busy after ${waited}s: measuring anyway"
+	fi
 }
 
 # pairs WORKLOAD KIND KEYSUFFIX WITH_CEILING
@@ -352,6 +380,7 @@ pairs() {
 	local wl=$1 kind=$2 k=$3 ceil=$4 r
 	log "$wl ($kind), $N rounds"
 	for r in $(seq "$N"); do
+		quiet
 		run1 "$wl" chainfs "cfs-$k" "$r" "$kind"
 		run1 "$wl" qsd "qsd-$k" "$r" "$kind"
 		if [ "$ceil" = 1 ]; then run1 "$wl" ceiling "ceil-$k" "$r" "$kind"; fi
@@ -359,6 +388,7 @@ pairs() {
 }
 
 START=$(date +%s)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 if want W1; then pairs W1 dd w1 1; fi
 if want W2; then pairs W2 dd w2 0; fi
 if want W3; then pairs W3 dd w3 0; fi
@@ -368,27 +398,32 @@ if want W4; then
 fi
 if want W6; then pairs W6 cp w6 0; fi
 ELAPSED=$(($(date +%s) - START))
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 if [ "$PROFILE" = 1 ] && command -v perf >/dev/null; then
-	log "profiling the chainfs daemon with perf (one more W1, W2, W4 4-job run each)"
+	log "profiling the chainfs daemon with perf (one more W1, W2, W3, W4 4-job run each)"
 	prof() { # NAME KEY KIND
 		local pid=${PID[$2]}
 		perf record -q -g -F 999 -p "$pid" -o "$WORK/out/perf-$1.data" 2>>"$WORK/log/perf.log" &
 		local ppid=$!
 		sleep 0.5
-		run1 "prof-$1" chainfs "$2" 0 "$3" >/dev/null
+		run1 "prof-$1" chainfs "$2" 0 "$3" 2>&3
 		kill -INT "$ppid"
 		wait "$ppid" 2>/dev/null || true
-		echo "---- perf: chainfs during $1 (self %, top 25)"
-		perf report -i "$WORK/out/perf-$1.data" --no-children --sort symbol --stdio 2>/dev/null |
-			grep -E '^ +[0-9.]+%' | head -25
+		local rep
+		rep=$(perf report -i "$WORK/out/perf-$1.data" --no-children --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | sed 's/[ -]*$//')
+		echo "---- perf: chainfs during $1 (self %, top 20; in a VM, kernel samples pile up where interrupts are re-enabled)"
+		echo "$rep" | head -20
+		echo "---- of which user space ([.], top 20)"
+		echo "$rep" | grep -F '[.]' | head -20
 	}
 	PROFOUT=$WORK/out/profile.txt
 	{
 		if want W1 || want W4; then prof W1 cfs-w1 dd; fi
 		if want W2; then prof W2 cfs-w2 dd; fi
+		if want W3; then prof W3 cfs-w3 dd; fi
 		if want W4; then prof W4j4 cfs-w1 fio4; fi
-	} >"$PROFOUT" 2>&1 || true
+	} 3>&2 >"$PROFOUT" 2>>"$WORK/log/perf.log" || true
 fi
 
 # ---------------------------------------------------------------- report
@@ -398,6 +433,8 @@ echo "== chainfs vs qemu-storage-daemon FUSE export vs go-fuse pread ceiling"
 echo "   $(date -u +%FT%TZ), $(uname -r), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')),"
 echo "   $(qemu-storage-daemon --version | head -1), chainfs $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?'),"
 echo "   N=$N pairs, W1 $W1_SIZE, W2/W3 $TEXT_SIZE, fio ${FIO_RUNTIME}s direct=$W4_DIRECT, measured in ${ELAPSED}s; page-cache drop fallbacks: $DROP_FALLBACKS"
+echo "   load average at start $LOAD_START, at end $LOAD_END; $BUSY_ROUNDS of $ROUNDS rounds started with the CPUs over $QUIET_BUSY busy"
+echo "   (other processes skew single runs; the ratios pair neighbouring runs, and the CPU table below is steadier)"
 echo "   ratio = median over rounds of chainfs/peer (W6: peer time / chainfs time); RSS = max VmRSS sampled every 100 ms"
 echo
 "$BT" report "$RESULTS"
@@ -407,7 +444,7 @@ for k in "${!PID[@]}"; do
 	printf '  %-8s %s\n' "$k" "$("$BT" hwm "${PID[$k]}")"
 done | sort
 echo
-echo "per-run values (workload side round value rss_kib):"
+echo "per-run values (workload side round value rss_kib daemon_cpu_s work):"
 sed 's/^/  /' "$RESULTS"
 if [ -n "${PROFOUT:-}" ] && [ -s "$PROFOUT" ]; then
 	echo

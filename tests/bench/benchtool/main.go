@@ -9,8 +9,10 @@
 //	benchtool text FILE SIZE SEED               compressible, non-uniform data
 //	benchtool drop FILE...                      POSIX_FADV_DONTNEED, then print resident pages
 //	benchtool resident FILE...                  print resident pages (mincore)
-//	benchtool run PIDS -- CMD...                run CMD, print "SECONDS RSS_KIB..." (max VmRSS of each PID)
-//	benchtool fioiops JSON                      read IOPS of a fio --output-format=json run
+//	benchtool run PIDS -- CMD...                run CMD, print "SECONDS [RSS_KIB CPU_SECONDS]..."
+//	                                            (max VmRSS and CPU time of each PID while it ran)
+//	benchtool quiet MAXSECONDS THRESHOLD        wait for the CPUs to be idle
+//	benchtool fioiops JSON                      "IOPS TOTAL_IOS" of a fio --output-format=json run
 //	benchtool hwm PID                           VmHWM of PID in KiB
 //	benchtool report RESULTS.tsv                the comparison table
 //
@@ -36,7 +38,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		die("usage: benchtool random|stripes|text|drop|resident|run|fioiops|hwm|report ...")
+		die("usage: benchtool random|stripes|text|drop|resident|run|quiet|fioiops|hwm|report ...")
 	}
 	args := os.Args[2:]
 	var err error
@@ -53,6 +55,8 @@ func main() {
 		err = cmdDrop(args, false)
 	case "run":
 		err = cmdRun(args)
+	case "quiet":
+		err = cmdQuiet(args)
 	case "fioiops":
 		err = cmdFioIOPS(args)
 	case "hwm":
@@ -400,6 +404,10 @@ func cmdRun(args []string) error {
 		}
 	}()
 	sample()
+	cpu0 := make([]float64, len(pids))
+	for i, p := range pids {
+		cpu0[i] = cpuSeconds(p)
+	}
 	cmd := exec.Command(args[2], args[3:]...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	start := time.Now()
@@ -412,11 +420,98 @@ func cmdRun(args []string) error {
 		return fmt.Errorf("%s: %w", strings.Join(args[2:], " "), err)
 	}
 	fmt.Printf("%.6f", elapsed.Seconds())
-	for _, v := range peak {
-		fmt.Printf(" %d", v)
+	for i, v := range peak {
+		cpu := 0.0
+		if pids[i] != 0 {
+			cpu = cpuSeconds(pids[i]) - cpu0[i]
+		}
+		fmt.Printf(" %d %.2f", v, cpu)
 	}
 	fmt.Println()
 	return nil
+}
+
+// cpuSeconds returns the user+system CPU time of process pid, all its
+// threads together (dead ones included), from /proc/PID/stat.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name is in parentheses and may hold spaces.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	fs := strings.Fields(string(b[i+1:]))
+	// fs[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(fs) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(fs[11], 64)
+	st, _ := strconv.ParseFloat(fs[12], 64)
+	return (u + st) / clockTicks
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// cmdQuiet waits until the machine's CPUs are at most THRESHOLD busy
+// (0..1) over one second, twice in a row, or MAXSECONDS have passed, and
+// prints the seconds waited and the last busy fraction. The benchmark's
+// own daemons are idle between runs, so what is busy is someone else.
+func cmdQuiet(args []string) error {
+	if len(args) != 2 {
+		return fmt.Errorf("usage: quiet MAXSECONDS THRESHOLD")
+	}
+	maxWait, err1 := strconv.ParseFloat(args[0], 64)
+	thresh, err2 := strconv.ParseFloat(args[1], 64)
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("usage: quiet MAXSECONDS THRESHOLD")
+	}
+	start := time.Now()
+	calm := 0
+	busy := 0.0
+	prevIdle, prevTotal := cpuStat()
+	for {
+		time.Sleep(time.Second)
+		idle, total := cpuStat()
+		if total > prevTotal {
+			busy = 1 - float64(idle-prevIdle)/float64(total-prevTotal)
+		}
+		prevIdle, prevTotal = idle, total
+		if busy <= thresh {
+			calm++
+		} else {
+			calm = 0
+		}
+		if calm >= 2 || time.Since(start).Seconds() >= maxWait {
+			break
+		}
+	}
+	fmt.Printf("%.0f %.2f\n", time.Since(start).Seconds(), busy)
+	return nil
+}
+
+// cpuStat returns the idle (idle+iowait) and total jiffies of all CPUs.
+func cpuStat() (idle, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	fs := strings.Fields(line)
+	for i, f := range fs[1:] {
+		v, _ := strconv.ParseUint(f, 10, 64)
+		if i >= 8 { // guest time is already in user
+			break
+		}
+		total += v
+		if i == 3 || i == 4 {
+			idle += v
+		}
+	}
+	return idle, total
 }
 
 // vmField returns a "Vm...:" line of /proc/PID/status in KiB, or 0.
@@ -465,7 +560,8 @@ func cmdFioIOPS(args []string) error {
 		Jobs []struct {
 			Error int `json:"error"`
 			Read  struct {
-				IOPS float64 `json:"iops"`
+				IOPS     float64 `json:"iops"`
+				TotalIOs int64   `json:"total_ios"`
 			} `json:"read"`
 		} `json:"jobs"`
 	}
@@ -475,21 +571,23 @@ func cmdFioIOPS(args []string) error {
 	if len(out.Jobs) == 0 {
 		return fmt.Errorf("%s: no jobs", args[0])
 	}
-	sum := 0.0
+	sum, ios := 0.0, int64(0)
 	for _, j := range out.Jobs {
 		if j.Error != 0 {
 			return fmt.Errorf("%s: fio job error %d", args[0], j.Error)
 		}
 		sum += j.Read.IOPS
+		ios += j.Read.TotalIOs
 	}
-	fmt.Printf("%.1f\n", sum)
+	fmt.Printf("%.1f %d\n", sum, ios)
 	return nil
 }
 
-// A result line of compare.sh: WORKLOAD SIDE ROUND VALUE RSS_KIB.
+// A result line of compare.sh: WORKLOAD SIDE ROUND VALUE RSS_KIB CPU_S
+// WORK, where WORK is bytes read (dd), I/Os done (fio) or 1 (a copy).
 type sample struct {
-	value float64
-	rss   int64
+	value, cpu, work float64
+	rss              int64
 }
 
 // comparison is one row of the table: chainfs against a peer on a
@@ -499,18 +597,20 @@ type comparison struct {
 	peer                  string // "qsd" or "ceiling"
 	lowerBetter           bool   // times: the ratio is peer/chainfs
 	target                float64
+	cpuUnit               string  // what the CPU table counts per
+	cpuScale              float64 // CPU seconds per work unit times this
 }
 
 var comparisons = []comparison{
-	{"W1", "W1 dd bs=1M, 3-layer chain", "MiB/s", "qsd", false, 8},
-	{"W1", "W1 dd bs=1M, 3-layer chain", "MiB/s", "ceiling", false, 0.8},
-	{"W2", "W2 dd bs=1M, zstd-compressed", "MiB/s", "qsd", false, 3},
-	{"W3", "W3 dd bs=1M, zlib-compressed", "MiB/s", "qsd", false, 2},
-	{"W4j1", "W4 fio 4k randread, 1 job", "IOPS", "qsd", false, 1.5},
-	{"W4j1", "W4 fio 4k randread, 1 job", "IOPS", "ceiling", false, 0},
-	{"W4j4", "W4 fio 4k randread, 4 jobs", "IOPS", "qsd", false, 1.5},
-	{"W4j4", "W4 fio 4k randread, 4 jobs", "IOPS", "ceiling", false, 0},
-	{"W6", "W6 cp --sparse=always, 4 TiB", "s", "qsd", true, 1},
+	{"W1", "W1 dd bs=1M, 3-layer chain", "MiB/s", "qsd", false, 8, "ms/GiB", 1e3 * (1 << 30)},
+	{"W1", "W1 dd bs=1M, 3-layer chain", "MiB/s", "ceiling", false, 0.8, "ms/GiB", 1e3 * (1 << 30)},
+	{"W2", "W2 dd bs=1M, zstd-compressed", "MiB/s", "qsd", false, 3, "ms/GiB", 1e3 * (1 << 30)},
+	{"W3", "W3 dd bs=1M, zlib-compressed", "MiB/s", "qsd", false, 2, "ms/GiB", 1e3 * (1 << 30)},
+	{"W4j1", "W4 fio 4k randread, 1 job", "IOPS", "qsd", false, 1.5, "us/read", 1e6},
+	{"W4j1", "W4 fio 4k randread, 1 job", "IOPS", "ceiling", false, 0, "us/read", 1e6},
+	{"W4j4", "W4 fio 4k randread, 4 jobs", "IOPS", "qsd", false, 1.5, "us/read", 1e6},
+	{"W4j4", "W4 fio 4k randread, 4 jobs", "IOPS", "ceiling", false, 0, "us/read", 1e6},
+	{"W6", "W6 cp --sparse=always, 4 TiB", "s", "qsd", true, 1, "ms/copy", 1e3},
 }
 
 const rssTargetKiB = 64 << 10
@@ -529,22 +629,25 @@ func cmdReport(args []string) error {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fs := strings.Fields(sc.Text())
-		if len(fs) != 5 || strings.HasPrefix(fs[0], "#") {
+		if len(fs) != 7 || strings.HasPrefix(fs[0], "#") {
 			continue
 		}
-		round, err1 := strconv.Atoi(fs[2])
-		v, err2 := strconv.ParseFloat(fs[3], 64)
-		rss, err3 := strconv.ParseInt(fs[4], 10, 64)
-		if err1 != nil || err2 != nil || err3 != nil {
+		var s sample
+		round, err := strconv.Atoi(fs[2])
+		if err != nil {
 			continue
 		}
+		s.value, _ = strconv.ParseFloat(fs[3], 64)
+		s.rss, _ = strconv.ParseInt(fs[4], 10, 64)
+		s.cpu, _ = strconv.ParseFloat(fs[5], 64)
+		s.work, _ = strconv.ParseFloat(fs[6], 64)
 		if data[fs[0]] == nil {
 			data[fs[0]] = map[string]map[int]sample{}
 		}
 		if data[fs[0]][fs[1]] == nil {
 			data[fs[0]][fs[1]] = map[int]sample{}
 		}
-		data[fs[0]][fs[1]][round] = sample{v, rss}
+		data[fs[0]][fs[1]][round] = s
 	}
 	if err := sc.Err(); err != nil {
 		return err
@@ -553,20 +656,28 @@ func cmdReport(args []string) error {
 	fmt.Printf("%-30s %-7s %-6s %10s %10s %9s %8s %-6s %9s %9s %s\n",
 		"workload", "vs", "unit", "chainfs", "peer", "ratio", "target", "result", "cfs RSS", "peer RSS", "pairs")
 	var maxRSS int64
+	var cpuRows []string
 	for _, c := range comparisons {
 		a, b := data[c.workload]["chainfs"], data[c.workload][c.peer]
 		if len(a) == 0 && len(b) == 0 {
 			continue
 		}
-		var av, bv, ratios []float64
+		var av, bv, ratios, acpu, bcpu, cpuRatios []float64
 		var arss, brss int64
 		fails := 0
+		perWork := func(s sample) float64 {
+			if s.work <= 0 {
+				return -1
+			}
+			return s.cpu / s.work * c.cpuScale
+		}
 		for _, s := range a {
 			if s.value <= 0 {
 				fails++
 				continue
 			}
 			av = append(av, s.value)
+			acpu = append(acpu, perWork(s))
 			arss = max(arss, s.rss)
 		}
 		for _, s := range b {
@@ -575,6 +686,7 @@ func cmdReport(args []string) error {
 				continue
 			}
 			bv = append(bv, s.value)
+			bcpu = append(bcpu, perWork(s))
 			brss = max(brss, s.rss)
 		}
 		maxRSS = max(maxRSS, arss)
@@ -587,6 +699,9 @@ func cmdReport(args []string) error {
 				ratios = append(ratios, p.value/s.value)
 			} else {
 				ratios = append(ratios, s.value/p.value)
+			}
+			if ac, pc := perWork(s), perWork(p); ac > 0 && pc > 0 {
+				cpuRatios = append(cpuRatios, pc/ac)
 			}
 		}
 		ratio := median(ratios)
@@ -605,6 +720,9 @@ func cmdReport(args []string) error {
 		fmt.Printf("%-30s %-7s %-6s %10s %10s %9s %8s %-6s %9s %9s %s\n",
 			c.title, c.peer, c.unit, num(median(av), len(av)), num(median(bv), len(bv)),
 			ratioStr(ratio, len(ratios)), target, result, mib(arss), mib(brss), runs)
+		cpuRows = append(cpuRows, fmt.Sprintf("%-30s %-7s %-8s %10s %10s %12s",
+			c.title, c.peer, c.cpuUnit, num(median(acpu), len(acpu)), num(median(bcpu), len(bcpu)),
+			ratioStr(median(cpuRatios), len(cpuRatios))))
 	}
 	res := "PASS"
 	if maxRSS > rssTargetKiB || maxRSS == 0 {
@@ -612,6 +730,14 @@ func cmdReport(args []string) error {
 	}
 	fmt.Printf("%-30s %-7s %-6s %10s %10s %9s %8s %-6s\n",
 		"chainfs peak RSS, any workload", "-", "MiB", fmt.Sprintf("%.1f", float64(maxRSS)/1024), "-", "-", "<=64MiB", res)
+
+	fmt.Println()
+	fmt.Println("CPU time of the serving daemon (user+sys, 10 ms ticks) per unit of work, medians;")
+	fmt.Println("less disturbed by other load on the machine than wall time. ratio = peer/chainfs.")
+	fmt.Printf("%-30s %-7s %-8s %10s %10s %12s\n", "workload", "vs", "unit", "chainfs", "peer", "ratio")
+	for _, r := range cpuRows {
+		fmt.Println(r)
+	}
 	return nil
 }
 
