@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -133,10 +134,9 @@ func TestLockedImage(t *testing.T) {
 	}
 	t.Cleanup(func() { stdin.Close(); writer.Wait() })
 	// qemu-io takes its locks as it opens the image, before its prompt.
-	if !waitFor(5*time.Second, func() bool {
-		_, code := chainfs(t, "info", img)
-		return code != 0
-	}) {
+	// Watch /proc/locks rather than probing with chainfs: a probe holds
+	// read locks that make qemu-io's own open fail if the two race.
+	if !waitFor(10*time.Second, func() bool { return holdsWriteLock(t, img) }) {
 		t.Fatal("qemu-io never locked the image")
 	}
 	mnt := newMountpoint(t)
@@ -441,4 +441,25 @@ func TestSampleReproducible(t *testing.T) {
 			t.Errorf("%s made by make-sample.sh differs from the committed one: rerun testdata/make-sample.sh and commit", name)
 		}
 	}
+}
+
+// holdsWriteLock reports whether some process holds QEMU's "write"
+// permission lock (an OFD lock on byte 101) on the file at path.
+func holdsWriteLock(t *testing.T, path string) bool {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	locks, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Lines look like "3: OFDLCK ADVISORY  READ -1 fe:00:745512 101 101".
+	suffix := fmt.Sprintf(":%d 101 101", st.Ino)
+	for _, line := range strings.Split(string(locks), "\n") {
+		if strings.Contains(line, "OFDLCK") && strings.HasSuffix(strings.TrimSpace(line), suffix) {
+			return true
+		}
+	}
+	return false
 }
