@@ -454,10 +454,17 @@ func holdsWriteLock(t *testing.T, path string) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Lines look like "3: OFDLCK ADVISORY  READ -1 fe:00:745512 101 101".
-	suffix := fmt.Sprintf(":%d 101 101", st.Ino)
+	// Lines look like "4: OFDLCK ADVISORY  READ -1 fe:00:745512 100 101":
+	// the kernel merges adjacent byte ranges of one owner.
+	dev := fmt.Sprintf(":%d", st.Ino)
 	for _, line := range strings.Split(string(locks), "\n") {
-		if strings.Contains(line, "OFDLCK") && strings.HasSuffix(strings.TrimSpace(line), suffix) {
+		f := strings.Fields(line)
+		if len(f) < 8 || f[1] != "OFDLCK" || !strings.HasSuffix(f[5], dev) {
+			continue
+		}
+		start, err1 := strconv.ParseInt(f[6], 10, 64)
+		end, err2 := strconv.ParseInt(f[7], 10, 64)
+		if err1 == nil && err2 == nil && start <= 101 && 101 <= end {
 			return true
 		}
 	}
