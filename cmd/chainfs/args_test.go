@@ -57,7 +57,11 @@ func TestMountOpts(t *testing.T) {
 	if err != nil || m.fs.AllowOther || m.fs.DefaultPermissions {
 		t.Errorf("rw: %+v, %v", m, err)
 	}
-	for _, bad := range []string{"uid=5", "max_read=12", "frobnicate"} {
+	m, err = parseMountOpts([]string{"confine=/srv/images,max_depth=3"})
+	if err != nil || m.confine != "/srv/images" || m.maxDepth != 3 {
+		t.Errorf("confine=/srv/images,max_depth=3: %+v, %v", m, err)
+	}
+	for _, bad := range []string{"uid=5", "max_read=12", "frobnicate", "max_depth=0", "max_depth=x", "confine"} {
 		if _, err := parseMountOpts([]string{bad}); err == nil {
 			t.Errorf("-o %s accepted", bad)
 		}
@@ -73,6 +77,12 @@ func TestUsageErrors(t *testing.T) {
 		{"mount", "--log-format", "xml", "img", "mnt"},
 		{"info"},
 		{"map", "--layer", "x", "img"},
+		{"info", "--max-depth", "0", "img"},
+		{"depth", "--confine", "/nonexistent-dir", "img"},
+		{"info", "--confine", "/etc/passwd", "img"},
+		{"mount", "--max-depth", "-1", "img", "mnt"},
+		{"mount", "--confine", "/nonexistent-dir", "img", "mnt"},
+		{"mount", "-o", "max_depth=0", "img", "mnt"},
 		{"umount"},
 	} {
 		var out, errb bytes.Buffer

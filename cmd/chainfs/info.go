@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"text/tabwriter"
 
@@ -21,15 +22,47 @@ type chainFlags struct {
 	format     string
 	layer      int
 	forceShare bool
+	limits     limitFlags
 }
 
 func (c *chainFlags) register(fs *flag.FlagSet, withLayer bool) {
 	fs.StringVar(&c.format, "format", "", "`FORMAT` of IMAGE: qcow2 or raw (default: probe)")
 	fs.BoolVar(&c.forceShare, "U", false, "same as --force-share")
 	fs.BoolVar(&c.forceShare, "force-share", false, "ignore QEMU's image locks, as qemu-img -U (read even while a VM writes)")
+	c.limits.register(fs)
 	if withLayer {
 		fs.IntVar(&c.layer, "layer", 0, "the layer `N` to show: 0 is IMAGE, 1 its backing file, ...")
 	}
+}
+
+// limitFlags bound what names inside an image may make chainfs open:
+// --confine and --max-depth, shared by every command that opens a chain.
+type limitFlags struct {
+	confine  string
+	maxDepth int
+}
+
+func (l *limitFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&l.confine, "confine", "", "refuse any file of the chain (image, backing or data file) whose real path, symlinks resolved, lies outside `DIR`")
+	fs.IntVar(&l.maxDepth, "max-depth", layers.DefaultMaxDepth, "refuse a backing chain of more than `N` layers")
+}
+
+// check validates the flags: a confining directory that does not exist
+// would refuse everything, with a less clear message.
+func (l *limitFlags) check() error {
+	if l.maxDepth < 1 {
+		return fmt.Errorf("--max-depth %d: want at least 1", l.maxDepth)
+	}
+	if l.confine != "" {
+		st, err := os.Stat(l.confine)
+		if err != nil {
+			return fmt.Errorf("--confine: %v", err)
+		}
+		if !st.IsDir() {
+			return fmt.Errorf("--confine %s: not a directory", l.confine)
+		}
+	}
+	return nil
 }
 
 // open parses the command line and opens the chain of its one IMAGE.
@@ -44,6 +77,10 @@ func (c *chainFlags) open(fs *flag.FlagSet, args []string, stderr io.Writer) (*l
 		fs.Usage()
 		return nil, exitUsage
 	}
+	if err := c.limits.check(); err != nil {
+		fmt.Fprintf(stderr, "chainfs %s: %v\n", fs.Name(), err)
+		return nil, exitUsage
+	}
 	var f layers.Format
 	if c.format != "" {
 		if f, err = layers.ParseFormat(c.format); err != nil {
@@ -54,7 +91,8 @@ func (c *chainFlags) open(fs *flag.FlagSet, args []string, stderr io.Writer) (*l
 	log := logrus.New()
 	log.SetOutput(stderr)
 	log.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true, DisableColors: true})
-	chain, err := layers.Open(pos[0], &layers.Options{Format: f, Log: log, ForceShare: c.forceShare})
+	chain, err := layers.Open(pos[0], &layers.Options{Format: f, Log: log, ForceShare: c.forceShare,
+		Confine: c.limits.confine, MaxDepth: c.limits.maxDepth})
 	if err != nil {
 		fmt.Fprintf(stderr, "chainfs %s: %v\n", fs.Name(), err)
 		return nil, exitImage
@@ -84,6 +122,10 @@ type layerInfo struct {
 	// BackingProbed: the image naming this one recorded no format for
 	// it, so it was probed.
 	BackingProbed bool `json:"format-probed,omitempty"`
+	// DataFile is the external data file as opened (its name resolved),
+	// and DataFileName the name recorded in the image.
+	DataFile     string `json:"data-file,omitempty"`
+	DataFileName string `json:"data-file-name,omitempty"`
 }
 
 func cmdInfo(args []string, stdout, stderr io.Writer) int {
@@ -98,12 +140,16 @@ func cmdInfo(args []string, stdout, stderr io.Writer) int {
 	defer chain.Close()
 	var infos []layerInfo
 	for _, l := range chain.Layers {
-		infos = append(infos, layerInfo{
+		i := layerInfo{
 			Depth: l.Index, Filename: l.Path, Format: l.Format.String(),
 			VirtualSize: l.Size, ClusterSize: l.ClusterSize,
 			BackingFile: l.BackingFile, BackingFormat: l.BackingFormat,
 			BackingProbed: l.ProbedBacking,
-		})
+		}
+		if l.DataFile != nil {
+			i.DataFile, i.DataFileName = l.DataFile.Name, l.Header.DataFile
+		}
+		infos = append(infos, i)
 	}
 	bw := bufio.NewWriter(stdout)
 	if *asJSON {

@@ -29,6 +29,8 @@ MOUNTPOINT" (or fusermount3 -u). -o takes mount options, comma-separated:
   noexec, exec, auto_unmount  passed to fusermount3
   debug                    same as --debug-fuse
   force_share              same as --force-share
+  confine=DIR              same as --confine DIR
+  max_depth=N              same as --max-depth N
   ro, rw, defaults, nofail, _netdev, noauto, user, users, dev, suid, atime...
                            accepted from /etc/fstab and ignored (always ro)
 
@@ -43,6 +45,7 @@ func cmdMount(args []string, stderr io.Writer) int {
 		format                    string
 		opts                      optList
 		lf                        logFlags
+		limits                    limitFlags
 	)
 	fset.BoolVar(&fg, "f", false, "stay in the foreground (serve until SIGINT/SIGTERM or unmount)")
 	fset.BoolVar(&fg, "foreground", false, "same as -f")
@@ -51,6 +54,7 @@ func cmdMount(args []string, stderr io.Writer) int {
 	fset.BoolVar(&debugFuse, "debug-fuse", false, "log every FUSE request and reply (the wire trace)")
 	fset.BoolVar(&forceShare, "U", false, "same as --force-share")
 	fset.BoolVar(&forceShare, "force-share", false, "ignore QEMU's image locks, as qemu-img -U: mount even while a VM writes to the image (reads may then be torn)")
+	limits.register(fset)
 	lf.register(fset)
 	pos, err := parseArgs(fset, args)
 	if err != nil {
@@ -64,6 +68,17 @@ func cmdMount(args []string, stderr io.Writer) int {
 	mo, err := parseMountOpts(opts)
 	if err == nil {
 		err = lf.check()
+	}
+	if err == nil {
+		// -o confine=DIR and -o max_depth=N (for /etc/fstab) give way to
+		// the flags.
+		if limits.confine == "" {
+			limits.confine = mo.confine
+		}
+		if limits.maxDepth == layers.DefaultMaxDepth && mo.maxDepth != 0 {
+			limits.maxDepth = mo.maxDepth
+		}
+		err = limits.check()
 	}
 	var fmtv layers.Format
 	if err == nil && format != "" {
@@ -84,7 +99,7 @@ func cmdMount(args []string, stderr io.Writer) int {
 	if !fg && ready == nil {
 		return daemonize(args, stderr)
 	}
-	s := &server{image: pos[0], mountpoint: pos[1], format: fmtv, opts: mo, ready: ready, stderr: stderr}
+	s := &server{image: pos[0], mountpoint: pos[1], format: fmtv, opts: mo, limits: limits, ready: ready, stderr: stderr}
 	return s.run(&lf)
 }
 
@@ -93,6 +108,7 @@ type server struct {
 	image, mountpoint string
 	format            layers.Format
 	opts              *mountOpts
+	limits            limitFlags
 	// ready is the readiness pipe of a background server (nil in the
 	// foreground): one readyByte once mounted, or the error text.
 	ready  *os.File
@@ -144,11 +160,13 @@ func (s *server) run(lf *logFlags) int {
 	// the server and leave a dead mount: writes fail with EPIPE instead.
 	signal.Ignore(syscall.SIGPIPE)
 
-	chain, err := layers.Open(s.image, &layers.Options{Format: s.format, Log: log, ForceShare: s.opts.forceShare})
+	chain, err := layers.Open(s.image, &layers.Options{Format: s.format, Log: log, ForceShare: s.opts.forceShare,
+		Confine: s.limits.confine, MaxDepth: s.limits.maxDepth})
 	if err != nil {
 		return s.fail(exitImage, err)
 	}
 	defer chain.Close()
+	logChain(log, chain)
 	mnt, err := filepath.Abs(s.mountpoint)
 	if err == nil {
 		err = checkMountpoint(mnt)
@@ -237,3 +255,34 @@ func lazyUnmount(mnt string) error {
 }
 
 var errNoReadyFD = errors.New("bad " + readyEnv)
+
+// logChain logs the chain as opened, one line per layer: names inside
+// images are chosen by whoever wrote them, so the log keeps what each
+// image recorded next to the file it led to.
+func logChain(log logrus.FieldLogger, chain *layers.Chain) {
+	for _, l := range chain.Layers {
+		f := logrus.Fields{"layer": l.Index, "path": l.Path, "format": l.Format.String()}
+		if real, err := filepath.EvalSymlinks(l.Path); err == nil && real != l.Path {
+			if abs, err := filepath.Abs(l.Path); err != nil || abs != real {
+				f["real_path"] = real
+			}
+		}
+		if l.BackingFile != "" {
+			f["backing_file"] = l.BackingFile
+			if l.Backing != nil {
+				f["backing_path"] = l.Backing.Path
+			}
+			switch {
+			case l.BackingFormat != "":
+				f["backing_format"] = l.BackingFormat
+			case l.Backing != nil:
+				f["backing_format"] = l.Backing.Format.String() + " (probed)"
+			}
+		}
+		if l.DataFile != nil {
+			f["data_file"] = l.Header.DataFile
+			f["data_path"] = l.DataFile.Name
+		}
+		log.WithFields(f).Info("chain layer")
+	}
+}

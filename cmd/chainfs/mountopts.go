@@ -21,6 +21,8 @@ func (o *optList) Set(s string) error {
 type mountOpts struct {
 	fs         chainfs.Options
 	forceShare bool
+	confine    string   // -o confine=DIR
+	maxDepth   int      // -o max_depth=N; 0: not given
 	notes      []string // options accepted without effect, for the debug log
 }
 
@@ -75,6 +77,14 @@ func (m *mountOpts) apply(o string) error {
 		m.fs.Debug = true
 	case key == "force_share" && !hasVal:
 		m.forceShare = true
+	case key == "confine" && hasVal && val != "":
+		m.confine = val
+	case key == "max_depth" && hasVal:
+		n, err := strconv.Atoi(val)
+		if err != nil || n < 1 {
+			return fmt.Errorf("-o %s: want a layer count of at least 1", o)
+		}
+		m.maxDepth = n
 	case key == "fsname" && hasVal:
 		m.fs.FsName = val
 	case key == "subtype" && hasVal:
