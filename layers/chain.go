@@ -84,6 +84,10 @@ func Open(path string, opts *Options) (*Chain, error) {
 	cur, format, probed := path, opts.Format, false
 	for depth := 0; ; depth++ {
 		if err := confined(opts.Confine, cur); err != nil {
+			if depth > 0 {
+				parent := c.Layers[depth-1]
+				err = fmt.Errorf("%s: backing file %q: %w", parent.Path, parent.BackingFile, err)
+			}
 			return fail(err)
 		}
 		f, err := openHostFile(cur)
@@ -93,6 +97,14 @@ func Open(path string, opts *Options) (*Chain, error) {
 			}
 			parent := c.Layers[depth-1]
 			return fail(fmt.Errorf("%s: backing file %q: %w (%w)", parent.Path, parent.BackingFile, err, ErrChain))
+		}
+		if err := confinedFile(opts.Confine, f); err != nil {
+			f.Close()
+			if depth > 0 {
+				parent := c.Layers[depth-1]
+				err = fmt.Errorf("%s: backing file %q: %w", parent.Path, parent.BackingFile, err)
+			}
+			return fail(err)
 		}
 		if err := f.lockReadOnly(opts.ForceShare); err != nil {
 			f.Close()
@@ -195,10 +207,14 @@ func openLayer(f *HostFile, format Format, dir, confine string, log logrus.Field
 			return nil, err
 		}
 		if err := confined(confine, p); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%s: external data file %q: %w", f.Name, hdr.DataFile, err)
 		}
 		if data, err = openHostFile(p); err != nil {
 			return nil, &FormatError{File: f.Name, Msg: fmt.Sprintf("external data file %q", hdr.DataFile), Err: err}
+		}
+		if err := confinedFile(confine, data); err != nil {
+			data.Close()
+			return nil, fmt.Errorf("%s: external data file %q: %w", f.Name, hdr.DataFile, err)
 		}
 	}
 	q, err := openQcow2(f, hdr, data)
@@ -290,23 +306,19 @@ func fileIdentity(f *HostFile) (struct{ dev, ino uint64 }, bool) {
 
 var eof = io.EOF
 
-var _ = os.ErrNotExist
-
 // ErrConfined: a chain member lies outside the directory Options.Confine.
 var ErrConfined = errors.New("outside the confining directory")
 
 // confined checks that the real path of name lies inside dir ("" allows
-// everything). A name that does not resolve is left for open to report.
+// everything), before name is opened: a file outside is never opened. A
+// name that does not resolve is left for open to report.
 func confined(dir, name string) error {
 	if dir == "" {
 		return nil
 	}
-	root, err := filepath.EvalSymlinks(dir)
-	if err == nil {
-		root, err = filepath.Abs(root)
-	}
+	root, err := confiningRoot(dir)
 	if err != nil {
-		return fmt.Errorf("confining directory %s: %w", dir, err)
+		return err
 	}
 	real, err := filepath.EvalSymlinks(name)
 	if err != nil {
@@ -315,6 +327,41 @@ func confined(dir, name string) error {
 	if real, err = filepath.Abs(real); err != nil {
 		return nil
 	}
+	return inside(root, name, real)
+}
+
+// confinedFile checks again, after opening, that the file f has open lies
+// inside dir, by the path the kernel gives its descriptor: a symlink
+// swapped between confined and the open cannot lead outside. Without
+// /proc, confined's check stands alone.
+func confinedFile(dir string, f *HostFile) error {
+	if dir == "" || f.fd < 0 {
+		return nil
+	}
+	root, err := confiningRoot(dir)
+	if err != nil {
+		return err
+	}
+	real, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", f.fd))
+	if err != nil || !filepath.IsAbs(real) {
+		return nil
+	}
+	return inside(root, f.Name, real)
+}
+
+func confiningRoot(dir string) (string, error) {
+	root, err := filepath.EvalSymlinks(dir)
+	if err == nil {
+		root, err = filepath.Abs(root)
+	}
+	if err != nil {
+		return "", fmt.Errorf("confining directory %s: %w", dir, err)
+	}
+	return root, nil
+}
+
+// inside reports an ErrConfined error naming name unless real lies in root.
+func inside(root, name, real string) error {
 	rel, err := filepath.Rel(root, real)
 	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
 		return fmt.Errorf("%s: real path %s lies outside %s (%w)", name, real, root, ErrConfined)
