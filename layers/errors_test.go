@@ -155,6 +155,13 @@ func brokenRows() []brokenRow {
 				return p, []string{fmt.Sprintf("top.qcow2: L1 table at %#x (%d entries) lies beyond end of file (%#x)",
 					bad, imagetest.ReadBE32(t, p, 36), fileSize(t, p))}
 			}},
+		{name: "refcount table past the end of the file", is: layers.ErrCorrupt, qemu: "reads",
+			make: func(t *testing.T, dir string) (string, []string) {
+				p := small(t, dir, "top.qcow2")
+				bad := uint64(fileSize(t, p)+0xffff) &^ 0xffff
+				imagetest.PatchBE64(t, p, 48, bad)
+				return p, []string{fmt.Sprintf("top.qcow2: refcount table at %#x (1 clusters) lies beyond end of file (%#x)", bad, fileSize(t, p))}
+			}},
 		{name: "cluster_bits 22", is: layers.ErrCorrupt, qemu: "refuses",
 			make: func(t *testing.T, dir string) (string, []string) {
 				p := small(t, dir, "top.qcow2")

@@ -146,6 +146,9 @@ func FuzzDecodeHeader(f *testing.F) {
 		if h.L1Size > 0 && h.L1TableOffset+uint64(h.L1Size)*8 > uint64(len(b)) {
 			t.Fatalf("L1 table at %#x (%d entries) past the end of %d bytes accepted", h.L1TableOffset, h.L1Size, len(b))
 		}
+		if end := h.RefcountTableOffset + uint64(h.RefcountTableClusters)<<h.ClusterBits; h.RefcountTableClusters > 0 && end > uint64(len(b)) {
+			t.Fatalf("refcount table at %#x (%d clusters) past the end of %d bytes accepted", h.RefcountTableOffset, h.RefcountTableClusters, len(b))
+		}
 		if h.CryptMethod != 0 {
 			t.Fatalf("encryption method %d accepted", h.CryptMethod)
 		}

@@ -248,6 +248,14 @@ func DecodeHeader(name string, r io.ReaderAt, fileSize int64) (*Header, error) {
 	if h.RefcountTableOffset%cs != 0 {
 		return nil, corrupt(name, "header: refcount table offset %#x is not cluster aligned", h.RefcountTableOffset)
 	}
+	// QEMU reads a table past the end of the file as zeroes (its file
+	// driver pads short reads); like the L1 table, chainfs refuses it: no
+	// image QEMU wrote has one, and a truncated image should say so at
+	// open rather than be guessed at.
+	if end := h.RefcountTableOffset + uint64(h.RefcountTableClusters)*cs; h.RefcountTableClusters > 0 &&
+		(end < h.RefcountTableOffset || end > uint64(fileSize)) {
+		return nil, corrupt(name, "refcount table at %#x (%d clusters) lies beyond end of file (%#x)", h.RefcountTableOffset, h.RefcountTableClusters, fileSize)
+	}
 	if h.NbSnapshots > maxSnapshots {
 		return nil, corrupt(name, "header: %d snapshots exceed QEMU's limit of %d", h.NbSnapshots, maxSnapshots)
 	}
