@@ -9,6 +9,7 @@ import (
 // fall back to a default; these lines make it a compile error.
 
 var _ = (gofs.NodeOnAdder)((*rootNode)(nil))
+var _ = (gofs.NodeLookuper)((*rootNode)(nil))
 var _ = (gofs.NodeGetattrer)((*rootNode)(nil))
 var _ = (gofs.NodeSetattrer)((*rootNode)(nil))
 var _ = (gofs.NodeStatfser)((*rootNode)(nil))

@@ -25,29 +25,30 @@ type rawNode struct {
 	haveData  bool
 }
 
-// usedBytes returns the bytes the layer's map marks "data": true.
-func (n *rawNode) usedBytes() (int64, error) {
+// usedBytes returns the bytes the layer's map marks "data": true. When the
+// map cannot be computed (a broken image), it logs why once and counts
+// every byte as data: stat must still work and give the size, or the view
+// could not even be opened to read its good parts, and overstating
+// st_blocks is the safe error, since tools that guess sparseness from it
+// would skip data if it were understated.
+func (n *rawNode) usedBytes() int64 {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if !n.haveData {
 		b, err := status.DataBytes(n.layer)
 		if err != nil {
-			return 0, err
+			n.log.WithField("op", "getattr").WithError(err).Error("the layer's map cannot be computed; st_blocks counts every byte as data")
+			b = n.layer.Size
 		}
 		n.dataBytes, n.haveData = b, true
 	}
-	return n.dataBytes, nil
+	return n.dataBytes
 }
 
 // Getattr reports the virtual size, and as st_blocks the data bytes of the
 // layer's map, so du and ls -s show what the layer really holds.
 func (n *rawNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	used, err := n.usedBytes()
-	if err != nil {
-		n.log.WithField("op", "getattr").WithError(err).Error("computing the data bytes (st_blocks) of the layer's map failed: EIO")
-		return syscall.EIO
-	}
-	n.fill(out, n.layer.Size, blocks(used))
+	n.fill(out, n.layer.Size, blocks(n.usedBytes()))
 	return 0
 }
 

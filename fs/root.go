@@ -72,6 +72,26 @@ func entryName(index int, base, suffix string) string {
 	return prefix + base + suffix
 }
 
+// Lookup finds a child and its attributes. go-fuse's default lookup
+// ignores a failed Getattr and answers with empty attributes, which the
+// kernel would cache as a file of size 0 (reads then end at once, silently
+// losing the content); here the lookup fails with Getattr's errno instead,
+// and nothing is cached, so the next lookup asks again.
+func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	ch := r.GetChild(name)
+	if ch == nil {
+		return nil, syscall.ENOENT
+	}
+	if ga, ok := ch.Operations().(gofs.NodeGetattrer); ok {
+		var a fuse.AttrOut
+		if errno := ga.Getattr(ctx, nil, &a); errno != 0 {
+			return nil, errno
+		}
+		out.Attr = a.Attr
+	}
+	return ch, 0
+}
+
 func (r *rootNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	a := &out.Attr
 	a.Mode = fuse.S_IFDIR | 0555
