@@ -155,6 +155,12 @@ func brokenRows() []brokenRow {
 				return p, []string{fmt.Sprintf("top.qcow2: L1 table at %#x (%d entries) lies beyond end of file (%#x)",
 					bad, imagetest.ReadBE32(t, p, 36), fileSize(t, p))}
 			}},
+		{name: "empty L1 table at an offset past 2^63", is: layers.ErrCorrupt, qemu: "refuses",
+			make: func(t *testing.T, dir string) (string, []string) {
+				p := imagetest.Create(t, dir, "empty.qcow2", "qcow2", 0)
+				imagetest.PatchBE64(t, p, hdrL1Off, 0x8030303030303000) // l1_size is 0
+				return p, []string{"empty.qcow2: header: L1 table offset 0x8030303030303000 is invalid"}
+			}},
 		{name: "refcount table past the end of the file", is: layers.ErrCorrupt, qemu: "reads",
 			make: func(t *testing.T, dir string) (string, []string) {
 				p := small(t, dir, "top.qcow2")

@@ -82,8 +82,6 @@ func FuzzCompressed(f *testing.F) {
 		switch {
 		case err == nil && ok && !bytes.Equal(dst, want):
 			t.Fatalf("inflated cluster differs from the reference decoder's at %d", firstDiffInternal(dst, want))
-		case err == nil && !ok && !useZstd:
-			t.Fatalf("inflate accepts a stream the reference decoder does not fill a cluster from")
 		case err != nil && ok && useZstd:
 			t.Fatalf("inflate refuses a stream the reference decoder fills the cluster from: %v", err)
 		}
@@ -106,14 +104,16 @@ func FuzzCompressed(f *testing.F) {
 // zlib, the stream fills the cluster (what follows does not matter);
 // zstd, the frames hold exactly one cluster.
 //
-// Both references are more lenient than QEMU in one direction, so only
-// that direction is checked. klauspost's flate accepts some streams zlib
-// refuses (testdata/fuzz/FuzzCompressed/263d6fd6d2fca0df: a dynamic
-// Huffman block without an end-of-block code, which zlib and Go's
-// compress/flate refuse with "invalid code -- missing end-of-block"), so
-// a zlib stream only we refuse proves nothing. DecodeAll needs the whole
-// input to be complete frames, while QEMU ignores what follows the frame
-// that fills the cluster, so a zstd stream only we accept proves nothing.
+// Neither reference agrees with QEMU everywhere, so only some
+// disagreements are failures. klauspost's flate differs from zlib both
+// ways: it accepts a dynamic Huffman block without an end-of-block code,
+// which zlib and Go's compress/flate refuse ("invalid code -- missing
+// end-of-block", testdata/fuzz/FuzzCompressed/263d6fd6d2fca0df), and it
+// stops short on a stream that zlib and compress/flate inflate to a whole
+// cluster (6606dcd41cf3912c); so for zlib only the bytes of a stream both
+// accept are compared. DecodeAll needs the whole input to be complete
+// frames, while QEMU ignores what follows the frame that fills the
+// cluster, so a zstd stream only we accept proves nothing.
 func referenceInflate(src []byte, cs int, useZstd bool) (out []byte, ok bool) {
 	if useZstd {
 		out, err := refZstd.DecodeAll(src, nil)

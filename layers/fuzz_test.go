@@ -143,6 +143,9 @@ func FuzzDecodeHeader(f *testing.F) {
 		if h.ClusterBits < 9 || h.ClusterBits > 21 {
 			t.Fatalf("cluster_bits %d accepted", h.ClusterBits)
 		}
+		if h.L1TableOffset%(1<<h.ClusterBits) != 0 || h.L1TableOffset > 1<<63-1 {
+			t.Fatalf("L1 table offset %#x accepted", h.L1TableOffset)
+		}
 		if h.L1Size > 0 && h.L1TableOffset+uint64(h.L1Size)*8 > uint64(len(b)) {
 			t.Fatalf("L1 table at %#x (%d entries) past the end of %d bytes accepted", h.L1TableOffset, h.L1Size, len(b))
 		}

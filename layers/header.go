@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"math"
 	"math/bits"
 )
 
@@ -234,13 +235,17 @@ func DecodeHeader(name string, r io.ReaderAt, fileSize int64) (*Header, error) {
 	if uint64(h.L1Size) < needL1 {
 		return nil, corrupt(name, "header: L1 table of %d entries is too small for a virtual size of %d bytes (need %d)", h.L1Size, h.Size, needL1)
 	}
-	if h.L1Size > 0 {
-		if h.L1TableOffset%cs != 0 {
-			return nil, corrupt(name, "header: L1 table offset %#x is not cluster aligned", h.L1TableOffset)
-		}
-		if end := h.L1TableOffset + uint64(h.L1Size)*8; end < h.L1TableOffset || end > uint64(fileSize) {
-			return nil, corrupt(name, "L1 table at %#x (%d entries) lies beyond end of file (%#x)", h.L1TableOffset, h.L1Size, fileSize)
-		}
+	// QEMU validates the offsets of the L1 and refcount tables even when
+	// they are empty (qcow2_validate_table): cluster aligned, and not past
+	// what a signed 64-bit file offset can reach.
+	if h.L1TableOffset%cs != 0 {
+		return nil, corrupt(name, "header: L1 table offset %#x is not cluster aligned", h.L1TableOffset)
+	}
+	if h.L1TableOffset > math.MaxInt64-uint64(h.L1Size)*8 {
+		return nil, corrupt(name, "header: L1 table offset %#x is invalid", h.L1TableOffset)
+	}
+	if end := h.L1TableOffset + uint64(h.L1Size)*8; h.L1Size > 0 && end > uint64(fileSize) {
+		return nil, corrupt(name, "L1 table at %#x (%d entries) lies beyond end of file (%#x)", h.L1TableOffset, h.L1Size, fileSize)
 	}
 	if uint64(h.RefcountTableClusters)*cs > maxRefcountTableBytes {
 		return nil, corrupt(name, "header: refcount table of %d clusters is larger than QEMU's limit", h.RefcountTableClusters)
@@ -248,12 +253,14 @@ func DecodeHeader(name string, r io.ReaderAt, fileSize int64) (*Header, error) {
 	if h.RefcountTableOffset%cs != 0 {
 		return nil, corrupt(name, "header: refcount table offset %#x is not cluster aligned", h.RefcountTableOffset)
 	}
+	if h.RefcountTableOffset > math.MaxInt64-uint64(h.RefcountTableClusters)*cs {
+		return nil, corrupt(name, "header: refcount table offset %#x is invalid", h.RefcountTableOffset)
+	}
 	// QEMU reads a table past the end of the file as zeroes (its file
 	// driver pads short reads); like the L1 table, chainfs refuses it: no
 	// image QEMU wrote has one, and a truncated image should say so at
 	// open rather than be guessed at.
-	if end := h.RefcountTableOffset + uint64(h.RefcountTableClusters)*cs; h.RefcountTableClusters > 0 &&
-		(end < h.RefcountTableOffset || end > uint64(fileSize)) {
+	if end := h.RefcountTableOffset + uint64(h.RefcountTableClusters)*cs; h.RefcountTableClusters > 0 && end > uint64(fileSize) {
 		return nil, corrupt(name, "refcount table at %#x (%d clusters) lies beyond end of file (%#x)", h.RefcountTableOffset, h.RefcountTableClusters, fileSize)
 	}
 	if h.NbSnapshots > maxSnapshots {

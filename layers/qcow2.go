@@ -70,8 +70,10 @@ func openQcow2(f *HostFile, hdr *Header, data *HostFile) (*qcow2, error) {
 	// DecodeHeader checked the L1 size against QEMU's 32 MiB limit and the
 	// file size, so this allocation is bounded.
 	raw := make([]byte, int(hdr.L1Size)*8)
-	if _, err := f.ReadAt(raw, int64(hdr.L1TableOffset)); err != nil {
-		return nil, &FormatError{File: q.name, Msg: fmt.Sprintf("read L1 table at %#x", hdr.L1TableOffset), Err: err}
+	if len(raw) > 0 {
+		if _, err := f.ReadAt(raw, int64(hdr.L1TableOffset)); err != nil {
+			return nil, &FormatError{File: q.name, Msg: fmt.Sprintf("read L1 table at %#x", hdr.L1TableOffset), Err: err}
+		}
 	}
 	q.l1 = make([]l1Entry, hdr.L1Size)
 	for i := range q.l1 {
