@@ -157,9 +157,10 @@ func brokenRows() []brokenRow {
 			}},
 		{name: "empty L1 table at an offset past 2^63", is: layers.ErrCorrupt, qemu: "refuses",
 			make: func(t *testing.T, dir string) (string, []string) {
-				p := imagetest.Create(t, dir, "empty.qcow2", "qcow2", 0)
-				imagetest.PatchBE64(t, p, hdrL1Off, 0x8030303030303000) // l1_size is 0
-				return p, []string{"empty.qcow2: header: L1 table offset 0x8030303030303000 is invalid"}
+				p := filepath.Join(dir, "empty.qcow2")
+				imagetest.QemuImg(t, "create", "-q", "-f", "qcow2", p, "0")
+				imagetest.PatchBE64(t, p, hdrL1Off, 0x8000000000000000) // l1_size is 0
+				return p, []string{"empty.qcow2: header: L1 table offset 0x8000000000000000 is invalid"}
 			}},
 		{name: "refcount table past the end of the file", is: layers.ErrCorrupt, qemu: "reads",
 			make: func(t *testing.T, dir string) (string, []string) {
