@@ -39,7 +39,7 @@
 #   FIO_RUNTIME=10 seconds per fio run
 #   W4_DIRECT=1    fio --direct (0: buffered, page cache dropped first)
 #   W6_TIMEOUT=300 seconds before a W6 copy counts as failed
-#   QUIET_MAX=20   seconds to wait before each round for the CPUs to be
+#   QUIET_MAX=10   seconds to wait before each round for the CPUs to be
 #                  at most QUIET_BUSY=0.25 busy (others' work skews runs)
 #   WORKLOADS="W1 W2 W3 W4 W6"   which to run
 #   PROFILE=1      also record a perf profile of the chainfs daemon over
@@ -65,7 +65,7 @@ else
 	FIO_RUNTIME=${FIO_RUNTIME:-10}
 fi
 W4_DIRECT=${W4_DIRECT:-1}
-QUIET_MAX=${QUIET_MAX:-20}
+QUIET_MAX=${QUIET_MAX:-10}
 QUIET_BUSY=${QUIET_BUSY:-0.25}
 W6_TIMEOUT=${W6_TIMEOUT:-300}
 WORKLOADS=${WORKLOADS:-W1 W2 W3 W4 W6}
