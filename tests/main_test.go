@@ -31,6 +31,10 @@ var chainfsBin string
 // mounts can be found by prefix.
 var testRoot string
 
+// raceBuild is set when the tests run under the race detector; the
+// binary under test is then built with -race (race_test.go).
+var raceBuild bool
+
 func TestMain(m *testing.M) {
 	os.Exit(testMain(m))
 }
@@ -48,7 +52,11 @@ func testMain(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	testRoot = dir
 	chainfsBin = filepath.Join(dir, "bin", "chainfs")
-	build := exec.Command("go", "build", "-o", chainfsBin, "../cmd/chainfs")
+	args := []string{"build", "-o", chainfsBin}
+	if raceBuild {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../cmd/chainfs")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintf(os.Stderr, "tests: building chainfs: %v\n", err)
@@ -337,7 +345,9 @@ func unmount(t testing.TB, mnt string) {
 }
 
 // checkLog fails the test for every warning or error in a mount's log,
-// except lines that contain one of allow. A panic is never expected.
+// except lines that contain one of allow. A panic or a data race (the
+// race detector writes to the log file, which is the daemon's stderr) is
+// never expected.
 func checkLog(t testing.TB, logFile string, allow ...string) {
 	t.Helper()
 	b, err := os.ReadFile(logFile)
@@ -347,7 +357,7 @@ func checkLog(t testing.TB, logFile string, allow ...string) {
 	}
 lines:
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.Contains(line, "panic") {
+		if strings.Contains(line, "panic") || strings.Contains(line, "DATA RACE") {
 			t.Errorf("mount log: %s", line)
 			continue
 		}
