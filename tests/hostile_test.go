@@ -599,3 +599,23 @@ func checkBrokenView(t *testing.T, p string, ref []byte, broken [][2]int64) {
 		t.Errorf("stat %s after the failed reads: size %d, %v; want %d", name, st.Size, err, len(ref))
 	}
 }
+
+// TestConfineCommands: info, map and depth take --confine as mount does.
+func TestConfineCommands(t *testing.T) {
+	dir := t.TempDir()
+	jail, outside := jailDirs(t, dir)
+	oneMiB(t, outside, "secret.qcow2")
+	if err := os.Symlink(filepath.Join(outside, "secret.qcow2"), filepath.Join(jail, "base.qcow2")); err != nil {
+		t.Fatal(err)
+	}
+	top := imagetest.Create(t, jail, "top.qcow2", "qcow2", 0, "backing_file=base.qcow2", "backing_fmt=qcow2")
+	for _, cmd := range []string{"info", "map", "depth"} {
+		out, code := chainfs(t, cmd, "--confine", jail, top)
+		if code != 3 || !strings.Contains(out, `top.qcow2: backing file "base.qcow2"`) || !strings.Contains(out, "lies outside") {
+			t.Errorf("chainfs %s --confine: exit %d, %q", cmd, code, out)
+		}
+		if out, code := chainfs(t, cmd, "--confine", dir, top); code != 0 {
+			t.Errorf("chainfs %s --confine with the whole chain inside: exit %d, %q", cmd, code, out)
+		}
+	}
+}
