@@ -94,7 +94,10 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 
 func (r *rootNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	a := &out.Attr
-	a.Mode = fuse.S_IFDIR | 0555
+	// The directory is searchable and listable by whoever may read the
+	// opened image: with allow_other, someone who cannot read the image
+	// does not even see the names in the chain.
+	a.Mode = fuse.S_IFDIR | r.attr.perm | (r.attr.perm&0444)>>2
 	a.Nlink = 2
 	a.Size = 4096
 	a.Blksize = 4096

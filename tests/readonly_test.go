@@ -95,10 +95,12 @@ func bindReadOnly(t *testing.T, dir, ro string) string {
 	return ro
 }
 
-// TestViewPermissions: the views keep the image's owner and read bits,
-// and with allow_other the kernel enforces them (default_permissions):
-// nobody cannot read the views of a root image of mode 0600, but can read
-// those of one of mode 0644. Without allow_other nobody gets in at all.
+// TestViewPermissions: the views keep the image's owner and read bits
+// (the root directory the opened image's, with x where r is), and with
+// allow_other the kernel enforces them (default_permissions): nobody
+// cannot list the mount of a root image of mode 0600 nor read its views,
+// but can those of one of mode 0644. Without allow_other nobody gets in
+// at all.
 func TestViewPermissions(t *testing.T) {
 	dir := t.TempDir()
 	for name, mode := range map[string]os.FileMode{"private.raw": 0o600, "public.raw": 0o644} {
@@ -124,6 +126,13 @@ func TestViewPermissions(t *testing.T) {
 	} {
 		mnt := mount(t, filepath.Join(dir, c.image), "-o", c.opts)
 		openUp(t, filepath.Dir(mnt))
+		var dst syscall.Stat_t
+		if err := syscall.Stat(mnt, &dst); err != nil || dst.Mode&0o7777 != c.wantMode|c.wantMode>>2 {
+			t.Errorf("%s: the mount's root has mode %o, %v; want %o", c.image, dst.Mode&0o7777, err, c.wantMode|c.wantMode>>2)
+		}
+		if out, err := asNobody("ls", mnt); c.opts == "allow_other" && (err == nil) != c.readable {
+			t.Errorf("%s -o %s: ls of the mount as nobody: %v, %q", c.image, c.opts, err, out)
+		}
 		view := filepath.Join(mnt, "0-"+c.image+".raw")
 		var st syscall.Stat_t
 		if err := syscall.Stat(view, &st); err != nil || st.Mode&0o7777 != c.wantMode || st.Uid != 0 || st.Gid != 0 {
