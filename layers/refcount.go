@@ -49,7 +49,9 @@ func (r *refcounts) get(i int64) (uint64, error) {
 	}
 	if off != r.lastOff {
 		q := r.q
-		if off&uint64(q.csize-1) != 0 || off+uint64(q.csize) > uint64(q.file.Size()) {
+		// off has bits up to 63 (qcow2.txt: refcount table entries), so
+		// off+csize could wrap: compare against size-csize instead.
+		if size := uint64(q.file.Size()); off&uint64(q.csize-1) != 0 || size < uint64(q.csize) || off > size-uint64(q.csize) {
 			return 0, corrupt(q.name, "refcount block at %#x (refcount table index %d) is misaligned or beyond end of file (%#x)", off, ti, q.file.Size())
 		}
 		if r.lastBlock == nil {
