@@ -62,7 +62,11 @@ func (n *rawNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 }
 
 // Read fills dest straight from the layer; reads at or past the end are
-// empty.
+// empty. When any part of the request cannot be read (a broken image), the
+// whole request fails with EIO, never with a short read: the kernel takes
+// a short read before the end for the end of the file and would shrink the
+// cached size. The kernel retries a failed readahead page by page, so the
+// pages around a broken cluster still read; only those that touch it fail.
 func (n *rawNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	if off < 0 {
 		n.log.WithFields(logrus.Fields{"op": "read", "off": uint64(off), "len": len(dest)}).Error("read at an offset past 2^63: EINVAL")
