@@ -66,7 +66,20 @@ func testMain(m *testing.M) int {
 	// Tests make their temporary directories under testRoot.
 	os.Setenv("TMPDIR", dir)
 
+	// The committed sample is mounted by tests that do not go through
+	// mount() (foreground and signal tests): it must come out unchanged
+	// too.
+	sample, _ := filepath.Glob("../testdata/sample/*")
+	before := hashFiles(&preflightTB{}, sample)
+
 	code := m.Run()
+
+	for p, sum := range hashFiles(&preflightTB{}, sample) {
+		if sum != before[p] {
+			fmt.Fprintf(os.Stderr, "tests: FAIL: %s changed during the run\n", p)
+			code = 1
+		}
+	}
 
 	if left := mountsUnder(dir); len(left) > 0 {
 		fmt.Fprintf(os.Stderr, "tests: FAIL: mounts left behind: %q\n", left)
@@ -383,3 +396,14 @@ func showLog(t testing.TB, logFile string) {
 	}
 	t.Logf("mount log %s (last %d lines):\n%s", logFile, len(lines), strings.Join(lines, "\n"))
 }
+
+// preflightTB is the testing.TB hashFiles needs outside a test: a failure
+// ends the run.
+type preflightTB struct{ testing.TB }
+
+func (preflightTB) Helper() {}
+func (preflightTB) Fatal(args ...any) {
+	fmt.Fprintln(os.Stderr, append([]any{"tests:"}, args...)...)
+	os.Exit(1)
+}
+func (p preflightTB) Fatalf(format string, args ...any) { p.Fatal(fmt.Sprintf(format, args...)) }
