@@ -353,7 +353,9 @@ run1() {
 			{ log "$wl $side: cp failed or timed out"; out="-1 0 0"; }
 		read -r secs rss cpu <<<"$out"
 		value=$secs
+		# Free the copy's extents now, not during the next copy.
 		rm -f "$WORK/out/w6-copy"
+		sync -f "$WORK/out"
 		;;
 	esac
 	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$side" "$round" "$value" "$rss" "$cpu" "$work" >>"$RESULTS"
