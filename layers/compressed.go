@@ -2,13 +2,13 @@ package layers
 
 import (
 	"bytes"
-	"compress/flate"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"sync"
 
+	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -17,18 +17,34 @@ import (
 // one cluster whatever the stream says, and trailing input is ignored, as
 // compressed streams are padded to 512-byte sectors.
 
-var flatePool sync.Pool // of io.ReadCloser (flate.Resetter)
+// inflater is a raw-deflate reader with the bytes.Reader it reads from,
+// pooled together. klauspost's flate decodes from a *bytes.Reader without
+// an interface call per byte, which makes it markedly faster than the
+// standard library's on qcow2's small streams.
+type inflater struct {
+	src bytes.Reader
+	r   io.ReadCloser
+}
+
+var flatePool sync.Pool // of *inflater
 
 func inflateZlib(dst, src []byte) error {
-	var r io.ReadCloser
-	if v := flatePool.Get(); v != nil {
-		r = v.(io.ReadCloser)
-		r.(flate.Resetter).Reset(bytes.NewReader(src), nil)
+	in, _ := flatePool.Get().(*inflater)
+	if in == nil {
+		in = &inflater{}
+		in.src.Reset(src)
+		in.r = flate.NewReader(&in.src)
 	} else {
-		r = flate.NewReader(bytes.NewReader(src))
+		in.src.Reset(src)
+		if err := in.r.(flate.Resetter).Reset(&in.src, nil); err != nil {
+			return err
+		}
 	}
-	defer flatePool.Put(r)
-	_, err := io.ReadFull(r, dst)
+	defer func() {
+		in.src.Reset(nil)
+		flatePool.Put(in)
+	}()
+	_, err := io.ReadFull(in.r, dst)
 	return err
 }
 
@@ -179,7 +195,11 @@ func (q *qcow2) readCompressed(dst []byte, ext *Extent) error {
 	if c := q.zcache.get(ext.HostOffset, dst); c {
 		return nil
 	}
-	src := make([]byte, ext.CompressedSize)
+	// A descriptor's length is at most two clusters (its sector count has
+	// cluster_bits-8 bits), so one pooled buffer of that size always fits.
+	buf := clusterBufs.get(2 * q.csize)
+	defer clusterBufs.put(buf)
+	src := buf[:ext.CompressedSize]
 	if _, err := q.file.ReadAt(src, ext.HostOffset); err != nil {
 		return &FormatError{File: q.name, Msg: fmt.Sprintf("read compressed cluster at %#x", ext.HostOffset), Err: err}
 	}

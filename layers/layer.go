@@ -2,7 +2,9 @@ package layers
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 // Layer is one image of a backing chain.
@@ -99,6 +101,7 @@ func (l *Layer) read(p []byte, off int64) error {
 	if err != nil {
 		return err
 	}
+	compressed := 0
 	for i := range exts {
 		e := &exts[i]
 		buf := p[e.Offset-off : e.End()-off]
@@ -110,16 +113,64 @@ func (l *Layer) read(p []byte, off int64) error {
 		case Zero:
 			clear(buf)
 		case Compressed:
-			if err := l.readCompressed(buf, e); err != nil {
-				return err
-			}
+			compressed++
 		case Unallocated:
 			if err := l.readBacking(buf, e.Offset); err != nil {
 				return err
 			}
 		}
 	}
+	if compressed > 0 {
+		return l.inflateAll(p, off, exts, compressed)
+	}
 	return nil
+}
+
+// inflateAll inflates the compressed clusters among exts into p. Inflating
+// is the one CPU-bound step of a read, so the clusters of one large read
+// are shared out among up to GOMAXPROCS goroutines.
+func (l *Layer) inflateAll(p []byte, off int64, exts []Extent, n int) error {
+	one := func(e *Extent) error { return l.readCompressed(p[e.Offset-off:e.End()-off], e) }
+	workers := min(n, runtime.GOMAXPROCS(0))
+	if workers <= 1 {
+		for i := range exts {
+			if exts[i].Kind == Compressed {
+				if err := one(&exts[i]); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	var (
+		next     atomic.Int64
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+	)
+	work := func() {
+		defer wg.Done()
+		for {
+			i := int(next.Add(1) - 1)
+			if i >= len(exts) {
+				return
+			}
+			if exts[i].Kind != Compressed {
+				continue
+			}
+			if err := one(&exts[i]); err != nil {
+				errOnce.Do(func() { firstErr = err })
+				return
+			}
+		}
+	}
+	wg.Add(workers)
+	for w := 1; w < workers; w++ {
+		go work()
+	}
+	work()
+	wg.Wait()
+	return firstErr
 }
 
 // readBacking reads an unallocated range from the backing chain.
