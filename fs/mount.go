@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"fmt"
 	"log"
+	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 
 	"github.com/chainfs/chainfs/layers"
 )
@@ -27,7 +30,28 @@ func Mount(mountpoint string, chain *layers.Chain, opts *Options) (*fuse.Server,
 	if err != nil {
 		return nil, fmt.Errorf("mount %s at %s: %w", chain.Top().Path, mountpoint, err)
 	}
+	raiseReadahead(mountpoint, opts.maxRead(), opts.log())
 	return srv, nil
+}
+
+// raiseReadahead widens the kernel's readahead window for the mount to
+// max_read. At FUSE_INIT the kernel takes the smaller of our max_readahead
+// and its 128 KiB default, so a sequential reader would get 128 KiB
+// requests however large max_read is; the window can only grow through
+// the mount's backing-device entry in sysfs afterwards (what blockdev
+// --setra does for disks). That needs root; otherwise it stays at 128 KiB.
+func raiseReadahead(mountpoint string, bytes int, log logrus.FieldLogger) {
+	var st unix.Stat_t
+	if err := unix.Stat(mountpoint, &st); err != nil {
+		log.WithError(err).Debug("readahead: stat of the mountpoint failed; keeping the kernel's window")
+		return
+	}
+	path := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	if err := os.WriteFile(path, []byte(strconv.Itoa(bytes>>10)), 0); err != nil {
+		log.WithError(err).Debug("readahead: cannot widen the kernel's window; keeping 128 KiB")
+		return
+	}
+	log.WithField("read_ahead_kb", bytes>>10).Debug("readahead window widened")
 }
 
 // GoFuseOptions turns opts into go-fuse's options for a mount of chain.
