@@ -543,7 +543,7 @@ func TestHostileServed(t *testing.T) {
 				t.Errorf("no st_blocks fallback in the log:\n%s", log)
 			}
 			for _, f := range []string{"0-top.qcow2.map.json", "1-mid.qcow2.depth"} {
-				if r.mapBroken && !regexp.MustCompile(`level=error msg="rendering the file failed: EIO" error=".*` + regexp.QuoteMeta(r.log) + `.*file=` + regexp.QuoteMeta(f)).MatchString(log) {
+				if r.mapBroken && !regexp.MustCompile(`level=error msg="rendering the file failed: EIO" error=".*`+regexp.QuoteMeta(r.log)+`.*file=`+regexp.QuoteMeta(f)).MatchString(log) {
 					t.Errorf("no error for %s in the log:\n%s", f, log)
 				}
 			}
