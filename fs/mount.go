@@ -30,17 +30,17 @@ func Mount(mountpoint string, chain *layers.Chain, opts *Options) (*fuse.Server,
 	if err != nil {
 		return nil, fmt.Errorf("mount %s at %s: %w", chain.Top().Path, mountpoint, err)
 	}
-	raiseReadahead(mountpoint, opts.maxRead(), opts.log())
+	RaiseReadahead(mountpoint, opts.maxRead(), opts.log())
 	return srv, nil
 }
 
-// raiseReadahead widens the kernel's readahead window for the mount to
+// RaiseReadahead widens the kernel's readahead window for the mount to
 // max_read. At FUSE_INIT the kernel takes the smaller of our max_readahead
 // and its 128 KiB default, so a sequential reader would get 128 KiB
 // requests however large max_read is; the window can only grow through
 // the mount's backing-device entry in sysfs afterwards (what blockdev
 // --setra does for disks). That needs root; otherwise it stays at 128 KiB.
-func raiseReadahead(mountpoint string, bytes int, log logrus.FieldLogger) {
+func RaiseReadahead(mountpoint string, bytes int, log logrus.FieldLogger) {
 	var st unix.Stat_t
 	if err := unix.Stat(mountpoint, &st); err != nil {
 		log.WithError(err).Debug("readahead: stat of the mountpoint failed; keeping the kernel's window")

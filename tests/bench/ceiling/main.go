@@ -3,7 +3,8 @@
 // directory holding one read-only file, NAME, whose reads are a pread of
 // the raw image RAW into go-fuse's buffer, and nothing else, with the mount
 // options chainfs uses (fs.GoFuseOptions: ro, max_read and readahead of
-// 1 MiB, 64 background requests, no READDIRPLUS, no xattrs, hour-long
+// 1 MiB with the readahead window widened after mounting, 64 background
+// requests, no splice, no READDIRPLUS, no xattrs, hour-long
 // attribute and entry timeouts; files opened with keep_cache and
 // noflush, st_blksize 1 MiB). Whatever chainfs spends above it is the cost
 // of resolving the chain.
@@ -25,7 +26,10 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+
+	chainfs "github.com/chainfs/chainfs/fs"
 )
 
 // Copied from chainfs's fs package defaults (fs/options.go); kept as
@@ -137,6 +141,7 @@ func main() {
 			MaxBackground:      defaultMaxBackground,
 			DisableReadDirPlus: true,
 			DisableXAttrs:      true,
+			DisableSplice:      true,
 		},
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
@@ -148,6 +153,8 @@ func main() {
 		fmt.Fprintf(os.Stderr, "ceiling: mount %s: %v\n", mnt, err)
 		os.Exit(1)
 	}
+	// The same readahead window as chainfs, which widens it after mounting.
+	chainfs.RaiseReadahead(mnt, *maxRead, logrus.StandardLogger())
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
