@@ -2,7 +2,6 @@ package layers_test
 
 import (
 	"bytes"
-	"compress/flate"
 	"os"
 	"path/filepath"
 	"testing"
@@ -11,17 +10,6 @@ import (
 	"github.com/chainfs/chainfs/layers"
 	"github.com/klauspost/compress/zstd"
 )
-
-func deflateRaw(t *testing.T, b []byte) []byte {
-	var buf bytes.Buffer
-	w, err := flate.NewWriter(&buf, flate.BestCompression)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write(b)
-	w.Close()
-	return buf.Bytes()
-}
 
 func zstdFrame(t *testing.T, b []byte) []byte {
 	e, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
@@ -50,14 +38,14 @@ func TestCompressedStreamEdges(t *testing.T) {
 		name, ctype string
 		stream      func(t *testing.T) []byte
 	}{
-		{"zlib, one cluster", "zlib", func(t *testing.T) []byte { return deflateRaw(t, cluster) }},
-		{"zlib, more than one cluster", "zlib", func(t *testing.T) []byte { return deflateRaw(t, data(cs+4096, 1)) }},
-		{"zlib, less than one cluster", "zlib", func(t *testing.T) []byte { return deflateRaw(t, data(cs-1, 1)) }},
+		{"zlib, one cluster", "zlib", func(t *testing.T) []byte { return imagetest.DeflateRaw(t, cluster) }},
+		{"zlib, more than one cluster", "zlib", func(t *testing.T) []byte { return imagetest.DeflateRaw(t, data(cs+4096, 1)) }},
+		{"zlib, less than one cluster", "zlib", func(t *testing.T) []byte { return imagetest.DeflateRaw(t, data(cs-1, 1)) }},
 		{"zlib, garbage after the stream", "zlib", func(t *testing.T) []byte {
-			return append(deflateRaw(t, cluster), bytes.Repeat([]byte{0xa5}, 700)...)
+			return append(imagetest.DeflateRaw(t, cluster), bytes.Repeat([]byte{0xa5}, 700)...)
 		}},
 		{"zlib, two streams of half a cluster", "zlib", func(t *testing.T) []byte {
-			return append(deflateRaw(t, cluster[:cs/2]), deflateRaw(t, cluster[cs/2:])...)
+			return append(imagetest.DeflateRaw(t, cluster[:cs/2]), imagetest.DeflateRaw(t, cluster[cs/2:])...)
 		}},
 		{"zstd, one cluster", "zstd", func(t *testing.T) []byte { return zstdFrame(t, cluster) }},
 		{"zstd, more than one cluster", "zstd", func(t *testing.T) []byte { return zstdFrame(t, data(cs+4096, 1)) }},

@@ -2,7 +2,6 @@ package tests
 
 import (
 	"bytes"
-	"compress/flate"
 	"errors"
 	"os"
 	"path/filepath"
@@ -403,7 +402,7 @@ func servedRows() []servedRow {
 			brk: func(t *testing.T, mid string) [][2]int64 {
 				q := layoutOf(t, mid)
 				e, _ := q.compressed(t, 128<<10)
-				short := deflate(t, bytes.Repeat([]byte{0x22}, 60<<10))
+				short := imagetest.DeflateRaw(t, bytes.Repeat([]byte{0x22}, 60<<10))
 				at := (sizeOf(t, mid) + 511) &^ 511 // a new stream at the end
 				imagetest.Patch(t, mid, at, short)
 				imagetest.PatchBE64(t, mid, q.l2Entry(t, 128<<10), q.withStream(e, at, int64(len(short))))
@@ -436,17 +435,6 @@ func servedRows() []servedRow {
 				return cluster2
 			}},
 	}
-}
-
-func deflate(t *testing.T, b []byte) []byte {
-	var buf bytes.Buffer
-	w, err := flate.NewWriter(&buf, flate.BestCompression)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write(b)
-	w.Close()
-	return buf.Bytes()
 }
 
 // TestHostileServed builds top.qcow2 -> mid.qcow2 -> base.raw (1 MiB each;

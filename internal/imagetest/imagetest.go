@@ -11,6 +11,7 @@ package imagetest
 
 import (
 	"bytes"
+	"compress/flate"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -380,4 +381,22 @@ func ReadBE32(t testing.TB, path string, off int64) uint32 {
 		t.Fatalf("read %s at %#x: %v", path, off, err)
 	}
 	return binary.BigEndian.Uint32(b[:])
+}
+
+// DeflateRaw compresses b as a raw deflate stream (no zlib header), the
+// encoding of qcow2's zlib-compressed clusters, for hand-made clusters.
+func DeflateRaw(t testing.TB, b []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	w, err := flate.NewWriter(&buf, flate.BestCompression)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
