@@ -278,7 +278,6 @@ func Probe(f *HostFile) (Format, error) {
 }
 
 var foreignMagics = []struct{ magic, name string }{
-	{"QFI\xfb\x00\x00\x00\x01", "qcow version 1"},
 	{"LUKS\xba\xbe", "LUKS"},
 	{"QED\x00", "qed"},
 	{"KDMV", "vmdk"},
@@ -303,8 +302,6 @@ func fileIdentity(f *HostFile) (struct{ dev, ino uint64 }, bool) {
 	id.dev, id.ino = uint64(sys.Dev), sys.Ino
 	return id, true
 }
-
-var eof = io.EOF
 
 // ErrConfined: a chain member lies outside the directory Options.Confine.
 var ErrConfined = errors.New("outside the confining directory")

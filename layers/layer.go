@@ -2,6 +2,7 @@ package layers
 
 import (
 	"fmt"
+	"io"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -75,7 +76,7 @@ func (l *Layer) ReadAt(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("%s: read at negative offset", l.Path)
 	}
 	if off >= l.Size {
-		return 0, eof
+		return 0, io.EOF
 	}
 	n := len(p)
 	short := false
@@ -87,7 +88,7 @@ func (l *Layer) ReadAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	if short {
-		return n, eof
+		return n, io.EOF
 	}
 	return n, nil
 }

@@ -5,7 +5,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -110,5 +109,4 @@ func BenchmarkMapPreallocMetadata1TiB(b *testing.B) {
 func BenchmarkMapFragmented(b *testing.B) {
 	_, f := benchSetup(b)
 	benchMap(b, f)
-	_ = filepath.Base
 }

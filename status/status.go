@@ -10,10 +10,6 @@
 // whatever the image size.
 package status
 
-import (
-	"github.com/chainfs/chainfs/layers"
-)
-
 // Entry is one line of `qemu-img map --output=json`.
 type Entry struct {
 	Start, Length int64
@@ -37,5 +33,3 @@ type DepthExtent struct {
 	Offset, Length int64
 	Depth          int
 }
-
-var _ = layers.Data

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"testing"
 
 	"github.com/chainfs/chainfs/internal/imagetest"
@@ -320,5 +319,4 @@ func TestDepthDescription(t *testing.T) {
 			t.Errorf("DepthDescription(%d) = %q, want %q", d, got, want)
 		}
 	}
-	_ = strings.TrimSpace
 }
