@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/chainfs/chainfs/internal/imagetest"
+	"github.com/chainfs/chainfs/internal/slogrus"
 	"github.com/chainfs/chainfs/layers"
 )
 
@@ -27,7 +28,7 @@ func TestBrokenLayer(t *testing.T) {
 	l2 := int64(imagetest.ReadBE64(t, top, l1) & 0x00fffffffffffe00)
 	imagetest.PatchBE64(t, top, l2+8*2, 1<<63|64<<20) // guest 128k: past EOF
 
-	chain, err := layers.Open(top, &layers.Options{Log: strictLog(t)})
+	chain, err := layers.Open(top, &layers.Options{Log: slogrus.New(strictLog(t))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,12 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
-
-	"github.com/sirupsen/logrus"
 )
 
 // DefaultMaxDepth bounds the number of layers Open follows: a backing
@@ -24,9 +23,9 @@ type Options struct {
 	Format Format
 	// MaxDepth bounds the chain length (default DefaultMaxDepth).
 	MaxDepth int
-	// Log receives warnings (dirty images, probed backing formats). Nil
-	// means logrus's standard logger.
-	Log logrus.FieldLogger
+	// Log receives warnings (dirty images, probed backing formats), each
+	// with the attribute "file" naming the image. Nil means slog.Default().
+	Log *slog.Logger
 	// ForceShare skips QEMU's image locks as `qemu-img -U` does: the chain
 	// opens even while a VM writes to it (and may then read torn data).
 	// Without it, Open refuses an image another process has open for
@@ -36,11 +35,22 @@ type Options struct {
 	// external data file) whose real path, symlinks resolved, lies outside
 	// this directory: names inside images are chosen by whoever wrote them.
 	Confine string
+	// Cache holds the chain's metadata tables. Chains may share one; nil
+	// gives the chain its own of DefaultCacheBytes.
+	Cache *Cache
+}
+
+func (o *Options) log() *slog.Logger {
+	if o.Log == nil {
+		return slog.Default()
+	}
+	return o.Log
 }
 
 // Chain is an opened backing chain, top first.
 type Chain struct {
 	Layers []*Layer
+	cache  *Cache
 }
 
 // Top returns the opened image.
@@ -50,6 +60,7 @@ func (c *Chain) Top() *Layer { return c.Layers[0] }
 func (c *Chain) Close() error {
 	var errs []error
 	for _, l := range c.Layers {
+		c.cache.forget(l.File)
 		errs = append(errs, l.File.Close())
 		if l.DataFile != nil {
 			errs = append(errs, l.DataFile.Close())
@@ -65,15 +76,15 @@ func Open(path string, opts *Options) (*Chain, error) {
 	if opts == nil {
 		opts = &Options{}
 	}
-	log := opts.Log
-	if log == nil {
-		log = logrus.StandardLogger()
-	}
+	log := opts.log()
 	maxDepth := opts.MaxDepth
 	if maxDepth <= 0 {
 		maxDepth = DefaultMaxDepth
 	}
-	c := &Chain{}
+	c := &Chain{cache: opts.Cache}
+	if c.cache == nil {
+		c.cache = NewCache(DefaultCacheBytes)
+	}
 	fail := func(err error) (*Chain, error) {
 		c.Close()
 		return nil, err
@@ -126,10 +137,12 @@ func Open(path string, opts *Options) (*Chain, error) {
 			}
 			if depth > 0 {
 				probed = true
-				log.Warnf("%s: backing file %q has no recorded format; probed it as %s", c.Layers[depth-1].Path, c.Layers[depth-1].BackingFile, format)
+				parent := c.Layers[depth-1]
+				log.Warn(fmt.Sprintf("%s: backing file %q has no recorded format; probed it as %s", parent.Path, parent.BackingFile, format),
+					"file", parent.Path, "backing_file", parent.BackingFile, "format", format.String())
 			}
 		}
-		l, err := openLayer(f, format, filepath.Dir(cur), opts.Confine, log)
+		l, err := openLayer(f, format, filepath.Dir(cur), opts.Confine, c.cache, log)
 		if err != nil {
 			f.Close()
 			return fail(err)
@@ -170,12 +183,13 @@ func Open(path string, opts *Options) (*Chain, error) {
 // OpenImage opens one image of the given format from f, without its
 // backing file: Layer.ReadAt then reads unallocated ranges as zero. It is
 // what Open uses for each layer; dir resolves an external data file name
-// (empty: external data files are refused).
+// (empty: external data files are refused). The image gets a cache of its
+// own and logs to slog.Default().
 func OpenImage(f *HostFile, format Format, dir string) (*Layer, error) {
-	return openLayer(f, format, dir, "", logrus.StandardLogger())
+	return openLayer(f, format, dir, "", NewCache(DefaultCacheBytes), slog.Default())
 }
 
-func openLayer(f *HostFile, format Format, dir, confine string, log logrus.FieldLogger) (*Layer, error) {
+func openLayer(f *HostFile, format Format, dir, confine string, cache *Cache, log *slog.Logger) (*Layer, error) {
 	l := &Layer{Path: f.Name, Format: format, File: f}
 	switch format {
 	case FormatRaw:
@@ -192,10 +206,10 @@ func openLayer(f *HostFile, format Format, dir, confine string, log logrus.Field
 		return nil, err
 	}
 	if hdr.IncompatibleFeatures&IncompatDirty != 0 {
-		log.Warnf("%s: image was not closed cleanly (dirty bit set); reading it read-only as QEMU does", f.Name)
+		log.Warn(f.Name+": image was not closed cleanly (dirty bit set); reading it read-only as QEMU does", "file", f.Name)
 	}
 	if hdr.IncompatibleFeatures&IncompatCorrupt != 0 {
-		log.Warnf("%s: image is marked corrupt; reading it read-only, data may be inconsistent", f.Name)
+		log.Warn(f.Name+": image is marked corrupt; reading it read-only, data may be inconsistent", "file", f.Name)
 	}
 	var data *HostFile
 	if hdr.ExternalData() {
@@ -217,7 +231,9 @@ func openLayer(f *HostFile, format Format, dir, confine string, log logrus.Field
 			return nil, fmt.Errorf("%s: external data file %q: %w", f.Name, hdr.DataFile, err)
 		}
 	}
-	q, err := openQcow2(f, hdr, data)
+	// DecodeHeader checked the L1 table against QEMU's 32 MiB limit and
+	// the file size.
+	q, err := newQcow2Image(f, hdr, data, cache).view(int64(hdr.Size), hdr.L1TableOffset, hdr.L1Size)
 	if err != nil {
 		if data != nil {
 			data.Close()

@@ -226,7 +226,7 @@ func zstdFrameLen(b []byte) (n int, skippable bool, err error) {
 
 // readCompressed reads and inflates the compressed cluster described by
 // ext into dst (one cluster long).
-func (q *qcow2) readCompressed(dst []byte, ext *Extent) error {
+func (q *qcow2Image) readCompressed(dst []byte, ext *Extent) error {
 	if c := q.zcache.get(ext.HostOffset, dst); c {
 		return nil
 	}

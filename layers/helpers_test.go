@@ -2,10 +2,12 @@ package layers_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -16,8 +18,6 @@ import (
 
 	"github.com/chainfs/chainfs/internal/imagetest"
 	"github.com/chainfs/chainfs/layers"
-	"github.com/sirupsen/logrus"
-	logtest "github.com/sirupsen/logrus/hooks/test"
 )
 
 const (
@@ -114,18 +114,36 @@ func build(t *testing.T, dir string, chain []img) string {
 	return top
 }
 
-// testLog returns a logger whose entries the hook records.
-func testLog() (*logrus.Logger, *logtest.Hook) {
-	log, hook := logtest.NewNullLogger()
-	log.SetLevel(logrus.DebugLevel)
-	return log, hook
+// testLog returns a logger whose records the recorder keeps.
+func testLog() (*slog.Logger, *recorder) {
+	r := &recorder{}
+	return slog.New(r), r
 }
 
-func warnings(hook *logtest.Hook) []string {
+// recorder is a slog.Handler that keeps every record.
+type recorder struct {
+	mu      sync.Mutex
+	records []slog.Record
+}
+
+func (r *recorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.records = append(r.records, rec.Clone())
+	return nil
+}
+func (r *recorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *recorder) WithGroup(string) slog.Handler      { return r }
+
+// warnings returns the messages of the warnings and errors recorded.
+func warnings(r *recorder) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	var w []string
-	for _, e := range hook.AllEntries() {
-		if e.Level <= logrus.WarnLevel {
-			w = append(w, e.Message)
+	for _, rec := range r.records {
+		if rec.Level >= slog.LevelWarn {
+			w = append(w, rec.Message)
 		}
 	}
 	return w
@@ -139,6 +157,9 @@ func warnings(hook *logtest.Hook) []string {
 func checkLayer(t *testing.T, l *layers.Layer) {
 	t.Helper()
 	want := imagetest.ConvertRaw(t, l.Path, l.Format.String())
+	if newer := imagetest.Backports().ConvertRaw(t, l.Path, l.Format.String()); !bytes.Equal(newer, want) {
+		t.Fatalf("layer %d (%s): %s and %s convert it differently", l.Index, l.Path, imagetest.System.Name(t), imagetest.Backports().Name(t))
+	}
 	if l.Size != int64(len(want)) {
 		t.Fatalf("layer %d (%s): Size %d, QEMU reads %d bytes", l.Index, l.Path, l.Size, len(want))
 	}

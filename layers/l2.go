@@ -78,7 +78,7 @@ func (t subclusterType) hasHost() bool {
 // clusterType follows qcow2_get_cluster_type (block/qcow2.h). With an
 // external data file, offset 0 is a valid host offset; QEMU disambiguates
 // with the COPIED flag, which every data-file cluster carries.
-func (q *qcow2) clusterType(e l2Entry) clusterType {
+func (q *qcow2Image) clusterType(e l2Entry) clusterType {
 	switch {
 	case e.compressed():
 		return clusterCompressed
@@ -97,7 +97,7 @@ func (q *qcow2) clusterType(e l2Entry) clusterType {
 }
 
 // subclusterType follows qcow2_get_subcluster_type (block/qcow2.h).
-func (q *qcow2) subclusterType(e l2Entry, bitmap uint64, sc uint) subclusterType {
+func (q *qcow2Image) subclusterType(e l2Entry, bitmap uint64, sc uint) subclusterType {
 	ct := q.clusterType(e)
 	if q.extL2 {
 		switch ct {

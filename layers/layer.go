@@ -33,7 +33,7 @@ type Layer struct {
 	// Backing is the next layer down, or nil.
 	Backing *Layer
 
-	q   *qcow2
+	q   *qcow2View
 	raw *rawImage
 }
 

@@ -1,34 +1,33 @@
 package layers
 
 import (
-	"container/list"
 	"encoding/binary"
 	"fmt"
 	"sync"
 )
 
-// qcow2 is an opened qcow2 image: its header, L1 table and an L2 cache.
-// It knows nothing of its backing file; Layer puts the chain together.
-type qcow2 struct {
+// qcow2Image is an opened qcow2 file: its header, the geometry derived
+// from it, and what every view of the file shares (the external data file,
+// the chain's table cache, inflated clusters, the preallocation guess). It
+// knows nothing of its backing file; Layer puts the chain together.
+type qcow2Image struct {
 	name  string
 	file  *HostFile // the qcow2 file
 	data  *HostFile // where guest data lives: file, or the external data file
 	hdr   *Header
-	size  int64 // virtual size, rounded down to 512 as QEMU does
 	cbits uint  // cluster bits
 	csize int64 // cluster size
 	extL2 bool
 	// l2Bits is log2 of the entries per L2 table; spanBits is log2 of the
 	// guest bytes one L2 table maps.
 	l2Bits, spanBits uint
-	l1               []l1Entry
 
 	// Compressed-cluster descriptor layout (qcow2.txt "Compressed Clusters Descriptor").
 	csizeShift  uint
 	csizeMask   uint64
 	coffsetMask uint64
 
-	l2cache  *tableCache
+	cache    *Cache
 	zcache   *clusterCache
 	prealloc struct {
 		once sync.Once
@@ -37,22 +36,27 @@ type qcow2 struct {
 	}
 }
 
-// l2CacheBytes bounds the memory held by one image's L2 cache; enough for
-// sequential scans and 4 TiB of guest space with 64 KiB clusters.
-const l2CacheBytes = 4 << 20
+// qcow2View is one state of a qcow2 image that a guest could boot: the
+// current disk, or an internal snapshot. Views differ only in their L1
+// table and virtual size; they read through the image they share.
+type qcow2View struct {
+	*qcow2Image
+	size int64 // virtual size, rounded down to 512 as QEMU does
+	l1   []l1Entry
+}
 
-// openQcow2 decodes the header and L1 table of f. data is the external data
-// file (nil: guest data lives in f).
-func openQcow2(f *HostFile, hdr *Header, data *HostFile) (*qcow2, error) {
-	q := &qcow2{
+// newQcow2Image derives the geometry of an image from its validated
+// header. data is the external data file (nil: guest data lives in f).
+func newQcow2Image(f *HostFile, hdr *Header, data *HostFile, cache *Cache) *qcow2Image {
+	q := &qcow2Image{
 		name:  f.Name,
 		file:  f,
 		data:  f,
 		hdr:   hdr,
-		size:  int64(hdr.Size) &^ 511,
 		cbits: uint(hdr.ClusterBits),
 		csize: hdr.ClusterSize(),
 		extL2: hdr.ExtendedL2(),
+		cache: cache,
 	}
 	if data != nil {
 		q.data = data
@@ -66,27 +70,31 @@ func openQcow2(f *HostFile, hdr *Header, data *HostFile) (*qcow2, error) {
 	q.csizeShift = 62 - (q.cbits - 8)
 	q.csizeMask = 1<<(q.cbits-8) - 1
 	q.coffsetMask = 1<<q.csizeShift - 1
+	q.zcache = newClusterCache(q.csize)
+	return q
+}
 
-	// DecodeHeader checked the L1 size against QEMU's 32 MiB limit and the
-	// file size, so this allocation is bounded.
-	raw := make([]byte, int(hdr.L1Size)*8)
+// view reads an L1 table of l1Size entries at l1Offset and returns the
+// view of the image it maps, of the given virtual size. The caller has
+// checked the table against QEMU's limits and the file size, so the
+// allocation is bounded.
+func (q *qcow2Image) view(size int64, l1Offset uint64, l1Size uint32) (*qcow2View, error) {
+	raw := make([]byte, int(l1Size)*8)
 	if len(raw) > 0 {
-		if _, err := f.ReadAt(raw, int64(hdr.L1TableOffset)); err != nil {
-			return nil, &FormatError{File: q.name, Msg: fmt.Sprintf("read L1 table at %#x", hdr.L1TableOffset), Err: err}
+		if _, err := q.file.ReadAt(raw, int64(l1Offset)); err != nil {
+			return nil, &FormatError{File: q.name, Msg: fmt.Sprintf("read L1 table at %#x", l1Offset), Err: err}
 		}
 	}
-	q.l1 = make([]l1Entry, hdr.L1Size)
-	for i := range q.l1 {
-		q.l1[i] = l1Entry(binary.BigEndian.Uint64(raw[i*8:]))
+	v := &qcow2View{qcow2Image: q, size: size &^ 511, l1: make([]l1Entry, l1Size)}
+	for i := range v.l1 {
+		v.l1[i] = l1Entry(binary.BigEndian.Uint64(raw[i*8:]))
 	}
-	q.l2cache = newTableCache(max(4, l2CacheBytes/int(q.csize)))
-	q.zcache = newClusterCache(q.csize)
-	return q, nil
+	return v, nil
 }
 
 // l2Table returns the L2 table of L1 index i, or nil when the L1 entry is
 // unallocated.
-func (q *qcow2) l2Table(i int64) ([]byte, error) {
+func (q *qcow2View) l2Table(i int64) ([]byte, error) {
 	off := q.l1[i].l2Offset()
 	if off == 0 {
 		return nil, nil
@@ -97,20 +105,20 @@ func (q *qcow2) l2Table(i int64) ([]byte, error) {
 	if off+uint64(q.csize) > uint64(q.file.Size()) {
 		return nil, corrupt(q.name, "L2 table at %#x (L1 index %d) lies beyond end of file (%#x)", off, i, q.file.Size())
 	}
-	if t := q.l2cache.get(off); t != nil {
+	if t := q.cache.get(q.file, int64(off)); t != nil {
 		return t, nil
 	}
 	t := make([]byte, q.csize)
 	if _, err := q.file.ReadAt(t, int64(off)); err != nil {
 		return nil, &FormatError{File: q.name, Msg: fmt.Sprintf("read L2 table at %#x (L1 index %d)", off, i), Err: err}
 	}
-	q.l2cache.put(off, t)
+	q.cache.put(q.file, int64(off), t)
 	return t, nil
 }
 
 // status appends to dst the extents of [off, off+length), clipped to the
 // virtual size, in one pass over each L2 table the range touches.
-func (q *qcow2) status(dst []Extent, off, length int64) ([]Extent, error) {
+func (q *qcow2View) status(dst []Extent, off, length int64) ([]Extent, error) {
 	end := min(off+length, q.size)
 	be := binary.BigEndian
 	entrySize := int64(8)
@@ -193,7 +201,7 @@ func (q *qcow2) status(dst []Extent, off, length int64) ([]Extent, error) {
 
 // setHost fills in the host offset of a subcluster that has one, after the
 // checks qcow2_get_host_offset makes (block/qcow2-cluster.c).
-func (q *qcow2) setHost(ext *Extent, e l2Entry, off, l2i, l1i int64) error {
+func (q *qcow2View) setHost(ext *Extent, e l2Entry, off, l2i, l1i int64) error {
 	host := e.hostOffset()
 	if host&uint64(q.csize-1) != 0 {
 		return corrupt(q.name, "cluster allocation offset %#x is not cluster aligned (guest offset %#x, L2 table at %#x, index %d)",
@@ -216,7 +224,7 @@ func (q *qcow2) setHost(ext *Extent, e l2Entry, off, l2i, l1i int64) error {
 
 // compressedExtent decodes a compressed-cluster descriptor
 // (qcow2_parse_compressed_l2_entry).
-func (q *qcow2) compressedExtent(e l2Entry, guest, l2i, l1i int64) (Extent, error) {
+func (q *qcow2View) compressedExtent(e l2Entry, guest, l2i, l1i int64) (Extent, error) {
 	if q.data != q.file {
 		return Extent{}, corrupt(q.name, "compressed cluster for guest offset %#x in an image with an external data file (L2 index %d)", guest, l2i)
 	}
@@ -251,12 +259,12 @@ func appendExtent(dst []Extent, e Extent) []Extent {
 // clusters have a non-zero refcount than the file occupies on disk. QEMU
 // then asks the host file whether data clusters are holes and reports those
 // as zero.
-func (q *qcow2) metadataPreallocated() (bool, error) {
+func (q *qcow2Image) metadataPreallocated() (bool, error) {
 	q.prealloc.once.Do(func() { q.prealloc.yes, q.prealloc.err = q.detectMetadataPreallocation() })
 	return q.prealloc.yes, q.prealloc.err
 }
 
-func (q *qcow2) detectMetadataPreallocation() (bool, error) {
+func (q *qcow2Image) detectMetadataPreallocation() (bool, error) {
 	real, err := q.file.AllocatedBytes()
 	if err != nil {
 		return false, err
@@ -279,46 +287,4 @@ func (q *qcow2) detectMetadataPreallocation() (bool, error) {
 		}
 	}
 	return count >= threshold, nil
-}
-
-// tableCache is a bounded LRU of metadata tables keyed by file offset.
-type tableCache struct {
-	mu    sync.Mutex
-	max   int
-	ll    *list.List
-	items map[uint64]*list.Element
-}
-
-type tableEntry struct {
-	off uint64
-	buf []byte
-}
-
-func newTableCache(max int) *tableCache {
-	return &tableCache{max: max, ll: list.New(), items: make(map[uint64]*list.Element)}
-}
-
-func (c *tableCache) get(off uint64) []byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if el, ok := c.items[off]; ok {
-		c.ll.MoveToFront(el)
-		return el.Value.(*tableEntry).buf
-	}
-	return nil
-}
-
-func (c *tableCache) put(off uint64, buf []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if el, ok := c.items[off]; ok {
-		c.ll.MoveToFront(el)
-		return
-	}
-	c.items[off] = c.ll.PushFront(&tableEntry{off, buf})
-	for c.ll.Len() > c.max {
-		old := c.ll.Back()
-		c.ll.Remove(old)
-		delete(c.items, old.Value.(*tableEntry).off)
-	}
 }

@@ -9,7 +9,7 @@ import (
 // needs them only for QEMU's metadata-preallocation heuristic, so it keeps
 // just the table and the last block read.
 type refcounts struct {
-	q         *qcow2
+	q         *qcow2Image
 	table     []uint64
 	bits      uint // refcount width in bits: 1 << refcount_order
 	perBlock  int64
@@ -17,7 +17,7 @@ type refcounts struct {
 	lastBlock []byte
 }
 
-func newRefcounts(q *qcow2) (*refcounts, error) {
+func newRefcounts(q *qcow2Image) (*refcounts, error) {
 	h := q.hdr
 	n := int64(h.RefcountTableClusters) * q.csize / 8 // bounded by DecodeHeader (8 MiB)
 	if end := int64(h.RefcountTableOffset) + n*8; end > q.file.Size() {

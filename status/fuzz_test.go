@@ -4,12 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/sirupsen/logrus"
 
 	"github.com/chainfs/chainfs/layers"
 	"github.com/chainfs/chainfs/status"
@@ -45,8 +44,7 @@ func FuzzChain(f *testing.F) {
 	f.Add([]byte("a raw image, not qcow2"), []byte(nil))
 
 	dir := f.TempDir()
-	log := logrus.New()
-	log.SetOutput(io.Discard)
+	log := slog.New(slog.DiscardHandler)
 	f.Fuzz(func(t *testing.T, top, base []byte) {
 		clearDir(t, dir)
 		topPath := filepath.Join(dir, "top.qcow2")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/chainfs/chainfs/internal/slogrus"
 	"github.com/chainfs/chainfs/layers"
 	"github.com/chainfs/chainfs/status"
 )
@@ -91,7 +92,7 @@ func (c *chainFlags) open(fs *flag.FlagSet, args []string, stderr io.Writer) (*l
 	log := logrus.New()
 	log.SetOutput(stderr)
 	log.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true, DisableColors: true})
-	chain, err := layers.Open(pos[0], &layers.Options{Format: f, Log: log, ForceShare: c.forceShare,
+	chain, err := layers.Open(pos[0], &layers.Options{Format: f, Log: slogrus.New(log), ForceShare: c.forceShare,
 		Confine: c.limits.confine, MaxDepth: c.limits.maxDepth})
 	if err != nil {
 		fmt.Fprintf(stderr, "chainfs %s: %v\n", fs.Name(), err)

@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	chainfs "github.com/chainfs/chainfs/fs"
+	"github.com/chainfs/chainfs/internal/slogrus"
 	"github.com/chainfs/chainfs/layers"
 )
 
@@ -161,7 +162,7 @@ func (s *server) run(lf *logFlags) int {
 	// the server and leave a dead mount: writes fail with EPIPE instead.
 	signal.Ignore(syscall.SIGPIPE)
 
-	chain, err := layers.Open(s.image, &layers.Options{Format: s.format, Log: log, ForceShare: s.opts.forceShare,
+	chain, err := layers.Open(s.image, &layers.Options{Format: s.format, Log: slogrus.New(log), ForceShare: s.opts.forceShare,
 		Confine: s.limits.confine, MaxDepth: s.limits.maxDepth})
 	if err != nil {
 		return s.fail(exitImage, err)
