@@ -21,8 +21,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,6 +38,114 @@ import (
 
 // CommandTimeout bounds every tool invocation.
 var CommandTimeout = 2 * time.Minute
+
+// QEMU is one installation of QEMU's tools (qemu-img, qemu-io, qemu-nbd),
+// for tests that hold chainfs against more than one QEMU. nbdinfo, from
+// libnbd, is the machine's in every case.
+type QEMU struct {
+	// Dir holds the tools; empty means they are looked up on PATH.
+	Dir string
+}
+
+// System is the QEMU on PATH: Debian's own (7.2 on bookworm).
+var System = QEMU{}
+
+// BackportsEnv names the directory tests/install-deps.sh unpacked
+// Debian's bookworm-backports QEMU into (its usr/bin holds the tools);
+// DefaultBackports is where it goes without the variable.
+const (
+	BackportsEnv     = "CHAINFS_QEMU_BACKPORTS"
+	DefaultBackports = "/opt/chainfs/qemu-backports"
+)
+
+// Backports is the QEMU that tests/install-deps.sh unpacks beside the
+// system's (10.0 from bookworm-backports), which prints the current
+// upstream format of `qemu-img map` with the "compressed" key.
+func Backports() QEMU {
+	root := os.Getenv(BackportsEnv)
+	if root == "" {
+		root = DefaultBackports
+	}
+	return QEMU{Dir: filepath.Join(root, "usr", "bin")}
+}
+
+// Oracles returns every QEMU the oracle tests compare with: the system's
+// and the backports one. Both are required: it fails the test, saying to
+// run tests/install-deps.sh, when one is missing.
+func Oracles(t testing.TB) []QEMU {
+	t.Helper()
+	qs := []QEMU{System, Backports()}
+	for _, q := range qs {
+		q.Version(t)
+	}
+	return qs
+}
+
+// tool returns the path of one of q's tools.
+func (q QEMU) tool(t testing.TB, name string) string {
+	t.Helper()
+	if q.Dir == "" {
+		return lookPath(t, name)
+	}
+	p := filepath.Join(q.Dir, name)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("%s is required by this test but is missing (%v): run tests/install-deps.sh, which unpacks it", p, err)
+	}
+	return p
+}
+
+var versions sync.Map // QEMU.Dir -> [2]int
+
+// Version returns q's major and minor version, from qemu-img --version.
+func (q QEMU) Version(t testing.TB) (major, minor int) {
+	t.Helper()
+	if v, ok := versions.Load(q.Dir); ok {
+		mm := v.([2]int)
+		return mm[0], mm[1]
+	}
+	out, stderr, err := runPath(t, "", q.tool(t, "qemu-img"), "--version")
+	if err != nil {
+		t.Fatalf("%s --version: %v\n%s", q.tool(t, "qemu-img"), err, stderr)
+	}
+	m := versionRE.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("qemu-img --version printed no version: %q", out)
+	}
+	major, _ = strconv.Atoi(m[1])
+	minor, _ = strconv.Atoi(m[2])
+	versions.Store(q.Dir, [2]int{major, minor})
+	return major, minor
+}
+
+var versionRE = regexp.MustCompile(`version (\d+)\.(\d+)`)
+
+// Name is "QEMU X.Y", for subtest names and messages.
+func (q QEMU) Name(t testing.TB) string {
+	t.Helper()
+	major, minor := q.Version(t)
+	return fmt.Sprintf("QEMU %d.%d", major, minor)
+}
+
+// PrintsCompressed reports whether q's `qemu-img map --output=json` has
+// the "compressed" key (QEMU 8.2 and later).
+func (q QEMU) PrintsCompressed(t testing.TB) bool {
+	t.Helper()
+	major, minor := q.Version(t)
+	return major > 8 || major == 8 && minor >= 2
+}
+
+var compressedKey = regexp.MustCompile(`, "compressed": (true|false)`)
+
+// AsPrinted returns mapJSON, in the current upstream format of `qemu-img
+// map --output=json`, as q prints it: without the "compressed" key for a
+// QEMU older than 8.2, unchanged otherwise.
+func (q QEMU) AsPrinted(t testing.TB, mapJSON string) string {
+	t.Helper()
+	if q.PrintsCompressed(t) {
+		return mapJSON
+	}
+	return compressedKey.ReplaceAllString(mapJSON, "")
+}
 
 // Need fails the test unless every named tool is on PATH. With no names it
 // checks qemu-img, qemu-io, qemu-nbd and nbdinfo.
@@ -84,7 +194,12 @@ func RunErr(t testing.TB, dir, tool string, args ...string) (stdout, stderr stri
 
 func run(t testing.TB, dir, tool string, args ...string) (string, string, error) {
 	t.Helper()
-	path := lookPath(t, tool)
+	return runPath(t, dir, lookPath(t, tool), args...)
+}
+
+// runPath runs the program at path; Run and RunErr look tool up on PATH.
+func runPath(t testing.TB, dir, path string, args ...string) (string, string, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), CommandTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, path, args...)
@@ -123,10 +238,37 @@ func abs(t testing.TB, path string) (string, string) {
 	return p, filepath.Dir(p)
 }
 
-// QemuImg runs qemu-img with args and returns its stdout.
+// QemuImg runs the system's qemu-img with args and returns its stdout.
 func QemuImg(t testing.TB, args ...string) string {
 	t.Helper()
-	return Run(t, "", "qemu-img", args...)
+	return System.Img(t, args...)
+}
+
+// Img runs q's qemu-img with args and returns its stdout.
+func (q QEMU) Img(t testing.TB, args ...string) string {
+	t.Helper()
+	return q.run(t, "", "qemu-img", args...)
+}
+
+// ImgErr runs q's qemu-img in dir ("" for the current one), which may
+// fail, and returns stdout, stderr and the error.
+func (q QEMU) ImgErr(t testing.TB, dir string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	stdout, stderr, err = runPath(t, dir, q.tool(t, "qemu-img"), args...)
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("%s: %v\nstderr:\n%s", commandLine("qemu-img", args), err, stderr)
+	}
+	return stdout, stderr, err
+}
+
+// run is Run for one of q's tools.
+func (q QEMU) run(t testing.TB, dir, tool string, args ...string) string {
+	t.Helper()
+	out, stderr, err := runPath(t, dir, q.tool(t, tool), args...)
+	if err != nil {
+		t.Fatalf("%s (%s): %v\nstderr:\n%s\nstdout:\n%s", commandLine(tool, args), q.tool(t, tool), err, stderr, out)
+	}
+	return out
 }
 
 // QemuIO runs qemu-io on file opened with format, one -c per command
@@ -136,13 +278,19 @@ func QemuImg(t testing.TB, args ...string) string {
 // failure message.
 func QemuIO(t testing.TB, format, file string, cmds ...string) string {
 	t.Helper()
+	return System.IO(t, format, file, cmds...)
+}
+
+// IO is QemuIO with q's qemu-io.
+func (q QEMU) IO(t testing.TB, format, file string, cmds ...string) string {
+	t.Helper()
 	args := []string{"-f", format}
 	for _, c := range cmds {
 		args = append(args, "-c", c)
 	}
 	file, dir := abs(t, file)
 	args = append(args, file)
-	out := Run(t, dir, "qemu-io", args...)
+	out := q.run(t, dir, "qemu-io", args...)
 	for _, line := range strings.Split(out, "\n") {
 		if strings.Contains(line, "failed:") || strings.HasPrefix(line, "qemu-io:") {
 			t.Fatalf("%s: %s\nstdout:\n%s", commandLine("qemu-io", args), line, out)
@@ -179,6 +327,13 @@ func Create(t testing.TB, dir, name, format string, size int64, opts ...string) 
 // to hold in memory; ConvertRaw returns the bytes.
 func ConvertRawFile(t testing.TB, path, format string) string {
 	t.Helper()
+	return System.ConvertRawFile(t, path, format)
+}
+
+// ConvertRawFile is the package's ConvertRawFile with q's qemu-img; extra
+// arguments go before the image ("-l", "snapshot.name=S").
+func (q QEMU) ConvertRawFile(t testing.TB, path, format string, extra ...string) string {
+	t.Helper()
 	f, err := os.CreateTemp(t.TempDir(), filepath.Base(path)+".*.raw")
 	if err != nil {
 		t.Fatal(err)
@@ -186,14 +341,21 @@ func ConvertRawFile(t testing.TB, path, format string) string {
 	out := f.Name()
 	f.Close()
 	path, dir := abs(t, path)
-	Run(t, dir, "qemu-img", "convert", "-f", format, "-O", "raw", path, out)
+	args := append([]string{"convert", "-f", format, "-O", "raw"}, extra...)
+	q.run(t, dir, "qemu-img", append(args, path, out)...)
 	return out
 }
 
 // ConvertRaw is ConvertRawFile returning the bytes (and removing the file).
 func ConvertRaw(t testing.TB, path, format string) []byte {
 	t.Helper()
-	out := ConvertRawFile(t, path, format)
+	return System.ConvertRaw(t, path, format)
+}
+
+// ConvertRaw is the package's ConvertRaw with q's qemu-img.
+func (q QEMU) ConvertRaw(t testing.TB, path, format string, extra ...string) []byte {
+	t.Helper()
+	out := q.ConvertRawFile(t, path, format, extra...)
 	b, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
@@ -206,27 +368,41 @@ func ConvertRaw(t testing.TB, path, format string) []byte {
 // path`.
 func QemuMapJSON(t testing.TB, path, format string) string {
 	t.Helper()
+	return System.MapJSON(t, path, format)
+}
+
+// MapJSON is QemuMapJSON with q's qemu-img.
+func (q QEMU) MapJSON(t testing.TB, path, format string) string {
+	t.Helper()
 	path, dir := abs(t, path)
-	return Run(t, dir, "qemu-img", "map", "--output=json", "-f", format, path)
+	return q.run(t, dir, "qemu-img", "map", "--output=json", "-f", format, path)
 }
 
 // MapEntry is one entry of `qemu-img map --output=json`. Offset is nil when
 // QEMU prints no offset.
 type MapEntry struct {
-	Start    int64  `json:"start"`
-	Length   int64  `json:"length"`
-	Depth    int    `json:"depth"`
-	Present  bool   `json:"present"`
-	Zero     bool   `json:"zero"`
-	Data     bool   `json:"data"`
-	Offset   *int64 `json:"offset"`
-	Filename string `json:"filename"`
+	Start   int64 `json:"start"`
+	Length  int64 `json:"length"`
+	Depth   int   `json:"depth"`
+	Present bool  `json:"present"`
+	Zero    bool  `json:"zero"`
+	Data    bool  `json:"data"`
+	// Compressed is nil for a QEMU that does not print the key.
+	Compressed *bool  `json:"compressed"`
+	Offset     *int64 `json:"offset"`
+	Filename   string `json:"filename"`
 }
 
 // QemuMap is QemuMapJSON decoded.
 func QemuMap(t testing.TB, path, format string) []MapEntry {
 	t.Helper()
-	out := QemuMapJSON(t, path, format)
+	return System.Map(t, path, format)
+}
+
+// Map is QemuMap with q's qemu-img.
+func (q QEMU) Map(t testing.TB, path, format string) []MapEntry {
+	t.Helper()
+	out := q.MapJSON(t, path, format)
 	var m []MapEntry
 	if err := json.Unmarshal([]byte(out), &m); err != nil {
 		t.Fatalf("qemu-img map of %s: %v\n%s", path, err, out)
@@ -241,7 +417,13 @@ func QemuMap(t testing.TB, path, format string) []MapEntry {
 // NBDInfo returns, whatever happens.
 func NBDInfo(t testing.TB, path, format string, qemuNBDArgs []string, nbdinfoArgs ...string) string {
 	t.Helper()
-	uri, stop := ServeNBD(t, path, format, qemuNBDArgs...)
+	return System.NBDInfo(t, path, format, qemuNBDArgs, nbdinfoArgs...)
+}
+
+// NBDInfo is the package's NBDInfo with q's qemu-nbd.
+func (q QEMU) NBDInfo(t testing.TB, path, format string, qemuNBDArgs []string, nbdinfoArgs ...string) string {
+	t.Helper()
+	uri, stop := q.ServeNBD(t, path, format, qemuNBDArgs...)
 	defer stop()
 	return Run(t, "", "nbdinfo", append(nbdinfoArgs, uri)...)
 }
@@ -250,11 +432,17 @@ func NBDInfo(t testing.TB, path, format string, qemuNBDArgs []string, nbdinfoArg
 // prints for path served by `qemu-nbd -r -A -f format`.
 func NBDDepth(t testing.TB, path, format string, asJSON bool) string {
 	t.Helper()
+	return System.NBDDepth(t, path, format, asJSON)
+}
+
+// NBDDepth is the package's NBDDepth with q's qemu-nbd.
+func (q QEMU) NBDDepth(t testing.TB, path, format string, asJSON bool) string {
+	t.Helper()
 	args := []string{"--map=qemu:allocation-depth"}
 	if asJSON {
 		args = append([]string{"--json"}, args...)
 	}
-	return NBDInfo(t, path, format, []string{"-A"}, args...)
+	return q.NBDInfo(t, path, format, []string{"-A"}, args...)
 }
 
 // ServeNBD starts `qemu-nbd -r -t -f format --socket=SOCK ARGS path` as a
@@ -265,8 +453,14 @@ func NBDDepth(t testing.TB, path, format string, asJSON bool) string {
 // paths can exceed the 108-byte limit on socket names).
 func ServeNBD(t testing.TB, path, format string, args ...string) (uri string, stop func()) {
 	t.Helper()
+	return System.ServeNBD(t, path, format, args...)
+}
+
+// ServeNBD is the package's ServeNBD with q's qemu-nbd.
+func (q QEMU) ServeNBD(t testing.TB, path, format string, args ...string) (uri string, stop func()) {
+	t.Helper()
 	lookPath(t, "nbdinfo")
-	bin := lookPath(t, "qemu-nbd")
+	bin := q.tool(t, "qemu-nbd")
 	sockDir, err := os.MkdirTemp("", "nbd")
 	if err != nil {
 		t.Fatal(err)

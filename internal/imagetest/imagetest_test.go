@@ -59,3 +59,29 @@ func TestHelpers(t *testing.T) {
 		t.Fatalf("version after patch: %d", v)
 	}
 }
+
+// TestOracles: both QEMUs are there, the backports one prints the map's
+// "compressed" key and the system's does not, and AsPrinted turns the
+// current format into what each prints.
+func TestOracles(t *testing.T) {
+	dir := t.TempDir()
+	img := Create(t, dir, "c.qcow2", "qcow2", 1<<20)
+	QemuIO(t, "qcow2", img, "write -c -P 0x5 0 64k")
+	qs := Oracles(t)
+	if len(qs) != 2 {
+		t.Fatalf("%d oracles", len(qs))
+	}
+	for _, q := range qs {
+		out := q.MapJSON(t, img, "qcow2")
+		if got := strings.Contains(out, `"compressed": true`); got != q.PrintsCompressed(t) {
+			t.Errorf("%s: map prints compressed %v, PrintsCompressed says %v:\n%s", q.Name(t), got, q.PrintsCompressed(t), out)
+		}
+		current := Backports().MapJSON(t, img, "qcow2")
+		if q.AsPrinted(t, current) != out {
+			t.Errorf("%s: AsPrinted(upstream map) = %q, QEMU prints %q", q.Name(t), q.AsPrinted(t, current), out)
+		}
+	}
+	if major, _ := Backports().Version(t); major < 10 {
+		t.Errorf("the backports QEMU is %s, want 10.0 or later", Backports().Name(t))
+	}
+}
