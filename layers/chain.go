@@ -257,7 +257,10 @@ func openLayer(f *HostFile, format Format, dir, confine string, cache *Cache, lo
 }
 
 // resolveBacking resolves a backing or data file name recorded in the
-// image at parent, as QEMU's path_combine does.
+// image at parent, as QEMU's path_combine does: a relative name is
+// appended, as text, to the directory part of parent. Not filepath.Join,
+// which cleans "dir/link/../base" to "dir/base" where the kernel (and so
+// QEMU) follows the symlink first and may reach another file.
 func resolveBacking(parent, name string) (string, error) {
 	if hasProtocol(name) {
 		return "", unsupported(parent, "backing file %q names a protocol; only local files are supported", name)
@@ -265,7 +268,7 @@ func resolveBacking(parent, name string) (string, error) {
 	if filepath.IsAbs(name) {
 		return name, nil
 	}
-	return filepath.Join(filepath.Dir(parent), name), nil
+	return parent[:strings.LastIndexByte(parent, '/')+1] + name, nil
 }
 
 // hasProtocol follows QEMU's path_has_protocol: a colon before any slash

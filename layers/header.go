@@ -40,6 +40,9 @@ const (
 	knownIncompat       = IncompatDirty | IncompatCorrupt | IncompatDataFile |
 		IncompatCompression | IncompatExtendedL2
 
+	// Compatible feature bits.
+	CompatLazyRefcounts = 1 << 0
+
 	// Autoclear feature bits.
 	AutoclearBitmaps     = 1 << 0
 	AutoclearDataFileRaw = 1 << 1
@@ -99,6 +102,9 @@ func (h *Header) ExtendedL2() bool { return h.IncompatibleFeatures&IncompatExten
 
 // ExternalData reports whether guest data lives in an external data file.
 func (h *Header) ExternalData() bool { return h.IncompatibleFeatures&IncompatDataFile != 0 }
+
+// LazyRefcounts reports the lazy_refcounts compatible feature bit.
+func (h *Header) LazyRefcounts() bool { return h.CompatibleFeatures&CompatLazyRefcounts != 0 }
 
 // DataFileRaw reports the data_file_raw autoclear bit.
 func (h *Header) DataFileRaw() bool { return h.AutoclearFeatures&AutoclearDataFileRaw != 0 }

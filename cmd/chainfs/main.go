@@ -22,7 +22,7 @@ import (
 const usage = `usage:
   chainfs mount [options] IMAGE MOUNTPOINT   mount the chain of IMAGE read-only
   chainfs umount MOUNTPOINT                  unmount (lazily if busy)
-  chainfs info [--json] IMAGE                list the layers of the chain
+  chainfs info [--json] IMAGE                qemu-img info --backing-chain of IMAGE
   chainfs map [--layer N] IMAGE              qemu-img map --output=json of a layer
   chainfs depth [--layer N] [--json] IMAGE   nbdinfo --map=qemu:allocation-depth of a layer
   chainfs IMAGE MOUNTPOINT [-o OPTIONS]      mount, as mount.fuse3 (/etc/fstab) calls it
