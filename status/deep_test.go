@@ -67,6 +67,7 @@ func TestDeepChainsAgainstQEMU(t *testing.T) {
 					}
 				}
 				checkSeekAgainstMap(t, l)
+				checkResume(t, l)
 			}
 		})
 	}
@@ -116,4 +117,29 @@ func equalRanges(a, b [][2]int64) bool {
 		}
 	}
 	return true
+}
+
+// checkResume renders l's texts whole, noting every mark, then again from
+// some of the marks: each must give the whole text from the mark's byte on.
+func checkResume(t *testing.T, l *layers.Layer) {
+	t.Helper()
+	for _, text := range []status.Text{status.MapJSON, status.DepthText} {
+		var whole bytes.Buffer
+		var marks []status.Mark
+		if err := text.Render(&whole, l, status.Mark{}, func(m status.Mark) { marks = append(marks, m) }); err != nil {
+			t.Fatal(err)
+		}
+		if len(marks) == 0 {
+			t.Fatalf("layer %d: text %d: no marks", l.Index, text)
+		}
+		for _, m := range []status.Mark{marks[0], marks[len(marks)/3], marks[len(marks)/2], marks[len(marks)-1]} {
+			var part bytes.Buffer
+			if err := text.Render(&part, l, m, nil); err != nil {
+				t.Fatal(err)
+			}
+			if want := whole.Bytes()[m.Byte:]; !bytes.Equal(part.Bytes(), want) {
+				t.Errorf("layer %d: text %d rendered from %+v:\n%.300s\nwant:\n%.300s", l.Index, text, m, part.String(), want)
+			}
+		}
+	}
 }
