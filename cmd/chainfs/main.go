@@ -3,7 +3,7 @@
 // prints a chain's layers, maps and depths without mounting.
 //
 //	chainfs mount [options] IMAGE MOUNTPOINT
-//	chainfs umount MOUNTPOINT
+//	chainfs umount [--wait] MOUNTPOINT
 //	chainfs info [--json] IMAGE
 //	chainfs map [--layer N] IMAGE
 //	chainfs depth [--layer N] [--json] IMAGE
@@ -22,7 +22,7 @@ import (
 
 const usage = `usage:
   chainfs mount [options] IMAGE MOUNTPOINT   mount the chain of IMAGE read-only
-  chainfs umount MOUNTPOINT                  unmount (lazily if busy)
+  chainfs umount [--wait] MOUNTPOINT         unmount (lazily if busy, naming what holds it)
   chainfs info [--json] IMAGE                qemu-img info --backing-chain of IMAGE
   chainfs map [--layer N] IMAGE              qemu-img map --output=json of a layer
   chainfs depth [--layer N] [--json] IMAGE   nbdinfo --map=qemu:allocation-depth of a layer
