@@ -55,7 +55,8 @@ func cmdUmount(args []string, stderr io.Writer) int {
 		servers, known = fuseServers(conn)
 	}
 	out, err := fusermount("-u", mnt)
-	if err != nil {
+	busy := err != nil
+	if busy {
 		holders, hidden := findHolders(mnt)
 		if lerr := lazyUnmount(mnt); lerr != nil {
 			fmt.Fprintf(stderr, "chainfs umount: %s: %v: %s; lazily: %v\n", mnt, err, strings.TrimSpace(out), lerr)
@@ -64,7 +65,7 @@ func cmdUmount(args []string, stderr io.Writer) int {
 		reportBusy(stderr, mnt, strings.TrimSpace(out), holders, hidden, *wait)
 	}
 	if *wait {
-		return waitForServer(stderr, mnt, conn, servers, known)
+		return waitForServer(stderr, mnt, conn, servers, known, busy)
 	}
 	return exitOK
 }
@@ -91,11 +92,12 @@ func reportBusy(w io.Writer, mnt, why string, holders []holder, hidden int, wait
 	}
 }
 
-// waitForServer blocks until the processes serving the mount have exited.
+// waitForServer blocks until the processes serving the mount have exited,
+// saying so if the mount was busy (else the wait is short, and quiet).
 // Without them (a kernel that does not name a /dev/fuse descriptor's
 // connection) it waits for the kernel to drop the connection instead,
 // which is when the server is told to exit.
-func waitForServer(stderr io.Writer, mnt string, conn uint64, servers []process, known bool) int {
+func waitForServer(stderr io.Writer, mnt string, conn uint64, servers []process, known, busy bool) int {
 	gone := func() bool {
 		for _, p := range servers {
 			if p.alive() {
@@ -105,7 +107,7 @@ func waitForServer(stderr io.Writer, mnt string, conn uint64, servers []process,
 		return true
 	}
 	if len(servers) > 0 {
-		if !gone() {
+		if busy && !gone() {
 			var names []string
 			for _, p := range servers {
 				names = append(names, fmt.Sprintf("%s, pid %d", p.comm, p.pid))
@@ -123,7 +125,9 @@ func waitForServer(stderr io.Writer, mnt string, conn uint64, servers []process,
 		fmt.Fprintf(stderr, "chainfs umount: --wait: cannot tell which process serves %s (no fuse_connection in /proc/*/fdinfo, no %s)\n", mnt, dir)
 		return exitFailure
 	}
-	fmt.Fprintf(stderr, "chainfs umount: waiting for the kernel to release %s (FUSE connection %d)\n", mnt, conn)
+	if busy {
+		fmt.Fprintf(stderr, "chainfs umount: waiting for the kernel to release %s (FUSE connection %d)\n", mnt, conn)
+	}
 	waitGone(func() bool { _, err := os.Stat(dir); return err != nil })
 	return exitOK
 }
