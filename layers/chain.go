@@ -233,7 +233,13 @@ func openLayer(f *HostFile, format Format, dir, confine string, cache *Cache, lo
 	}
 	// DecodeHeader checked the L1 table against QEMU's 32 MiB limit and
 	// the file size.
-	q, err := newQcow2Image(f, hdr, data, cache).view(int64(hdr.Size), hdr.L1TableOffset, hdr.L1Size)
+	img := newQcow2Image(f, hdr, data, cache)
+	q, err := img.view(int64(hdr.Size), hdr.L1TableOffset, hdr.L1Size)
+	if err == nil {
+		// What QEMU reads of the image at open besides the header and
+		// the L1 table (snapshot.go, bitmap.go).
+		l.snaps, l.bitmaps, err = readSnapshotsAndBitmaps(img, q.size, log)
+	}
 	if err != nil {
 		if data != nil {
 			data.Close()
