@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -109,4 +110,65 @@ func BenchmarkMapPreallocMetadata1TiB(b *testing.B) {
 func BenchmarkMapFragmented(b *testing.B) {
 	_, f := benchSetup(b)
 	benchMap(b, f)
+}
+
+// BenchmarkDeepChain is issue 13's third target: the map and the depth of
+// every layer of a 256-layer chain, rendered in one process, against one
+// map of its top (both open the chain first). The chain is
+// $CHAINFS_DEEP_TOP (tests/bench/deep.sh passes its own), or 256 layers of
+// 1 GiB built here: a base holding 1 MiB, each overlay one 64 KiB cluster
+// at its own offset.
+//
+//	go test ./status -run XXX -bench DeepChain -benchtime 3x
+func BenchmarkDeepChain(b *testing.B) {
+	top := os.Getenv("CHAINFS_DEEP_TOP")
+	if top == "" {
+		top = buildOverlays(b, b.TempDir(), 256)
+	}
+	b.Run("open, map of the top", func(b *testing.B) {
+		for b.Loop() {
+			c, err := layers.Open(top, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := status.WriteMapJSON(io.Discard, c.Top()); err != nil {
+				b.Fatal(err)
+			}
+			c.Close()
+		}
+	})
+	b.Run("open, map and depth of every layer", func(b *testing.B) {
+		for b.Loop() {
+			c, err := layers.Open(top, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, l := range c.Layers {
+				if err := status.WriteMapJSON(io.Discard, l); err != nil {
+					b.Fatal(err)
+				}
+				if err := status.WriteDepth(io.Discard, l); err != nil {
+					b.Fatal(err)
+				}
+			}
+			c.Close()
+		}
+	})
+}
+
+// buildOverlays builds the chain of BenchmarkDeepChain in dir and returns
+// its top. Each overlay is written alone (whole clusters, so nothing is
+// copied up from below) and then rebased unsafely onto the layer below,
+// as tests/bench/deep.sh builds it: writing through a growing chain would
+// open it whole for every layer.
+func buildOverlays(b *testing.B, dir string, n int) string {
+	name := func(i int) string { return filepath.Join(dir, fmt.Sprintf("l%03d.qcow2", i)) }
+	imagetest.Create(b, dir, "l000.qcow2", "qcow2", 1<<30)
+	imagetest.QemuIO(b, "qcow2", name(0), "write -q -P 1 0 1M")
+	for i := 1; i < n; i++ {
+		imagetest.Create(b, dir, filepath.Base(name(i)), "qcow2", 1<<30)
+		imagetest.QemuIO(b, "qcow2", name(i), fmt.Sprintf("write -q -P %d %d 64k", i%250+2, int64(i)<<22))
+		imagetest.QemuImg(b, "rebase", "-q", "-u", "-f", "qcow2", "-b", filepath.Base(name(i-1)), "-F", "qcow2", name(i))
+	}
+	return name(n - 1)
 }
