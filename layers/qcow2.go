@@ -42,11 +42,12 @@ type qcow2Image struct {
 type qcow2View struct {
 	*qcow2Image
 	size int64 // virtual size, rounded down to 512 as QEMU does
-	// l1 is the active L1 table, read at open. A snapshot's L1 table
-	// (l1 nil) stays on disk at l1Offset and is read a cluster at a time
-	// through the chain's cache (snapshotL1Entry): views of thousands of
-	// snapshots cost nothing until used, and never more than the cache's
-	// budget.
+	// l1 is the active L1 table, read at open. A snapshot's L1 table, or
+	// an active one larger than l1ResidentBytes (l1 nil), stays on disk
+	// at l1Offset and is read a cluster at a time through the chain's
+	// cache (snapshotL1Entry): views of thousands of snapshots, and deep
+	// chains of huge disks, cost nothing until used, and never more than
+	// the cache's budget.
 	l1       []l1Entry
 	l1Offset uint64
 	l1Size   int64 // entries
@@ -81,11 +82,23 @@ func newQcow2Image(f *HostFile, hdr *Header, data *HostFile, cache *Cache) *qcow
 	return q
 }
 
-// view reads an L1 table of l1Size entries at l1Offset and returns the
-// view of the image it maps, of the given virtual size. The caller has
-// checked the table against QEMU's limits and the file size, so the
-// allocation is bounded.
+// l1ResidentBytes bounds the active L1 table that view reads whole. A
+// larger table (more than 1 TiB of guest space with 64 KiB clusters, or
+// 2 GiB with 512-byte ones) is read a cluster at a time through the
+// chain's table cache when used, as a snapshot's is: QEMU allows 32 MiB
+// per table, so a chain of 256 such layers would otherwise hold 8 GiB of
+// L1 tables outside any budget. An L1 entry is looked up once per L2 table
+// a request touches, so paging costs one cache lookup there.
+const l1ResidentBytes = 16 << 10
+
+// view returns the view of the image that an L1 table of l1Size entries
+// at l1Offset maps, of the given virtual size, reading the table now if
+// it is small. The caller has checked the table against QEMU's limits and
+// the file size, so the allocation is bounded.
 func (q *qcow2Image) view(size int64, l1Offset uint64, l1Size uint32) (*qcow2View, error) {
+	if int64(l1Size)*8 > l1ResidentBytes {
+		return &qcow2View{qcow2Image: q, size: size &^ 511, l1Offset: l1Offset, l1Size: int64(l1Size)}, nil
+	}
 	raw := make([]byte, int(l1Size)*8)
 	if len(raw) > 0 {
 		if _, err := q.file.ReadAt(raw, int64(l1Offset)); err != nil {

@@ -308,7 +308,7 @@ func (q *qcow2View) snapshotL1Entry(i int64) (l1Entry, error) {
 	if b == nil {
 		b = make([]byte, q.csize)
 		if _, err := q.file.ReadAt(b, cluster); err != nil {
-			return 0, &FormatError{File: q.name, Msg: fmt.Sprintf("read snapshot L1 table at %#x", q.l1Offset), Err: err}
+			return 0, &FormatError{File: q.name, Msg: fmt.Sprintf("read L1 table at %#x", q.l1Offset), Err: err}
 		}
 		q.cache.put(q.file, cluster, b)
 	}
