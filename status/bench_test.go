@@ -5,7 +5,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -123,7 +122,10 @@ func BenchmarkMapFragmented(b *testing.B) {
 func BenchmarkDeepChain(b *testing.B) {
 	top := os.Getenv("CHAINFS_DEEP_TOP")
 	if top == "" {
-		top = buildOverlays(b, b.TempDir(), 256)
+		dir := b.TempDir()
+		base := imagetest.Create(b, dir, "base.qcow2", "qcow2", 1<<30)
+		imagetest.QemuIO(b, "qcow2", base, "write -q -P 1 0 1M")
+		top = imagetest.Overlays(b, base, 255, 4<<20)
 	}
 	b.Run("open, map of the top", func(b *testing.B) {
 		for b.Loop() {
@@ -154,21 +156,4 @@ func BenchmarkDeepChain(b *testing.B) {
 			c.Close()
 		}
 	})
-}
-
-// buildOverlays builds the chain of BenchmarkDeepChain in dir and returns
-// its top. Each overlay is written alone (whole clusters, so nothing is
-// copied up from below) and then rebased unsafely onto the layer below,
-// as tests/bench/deep.sh builds it: writing through a growing chain would
-// open it whole for every layer.
-func buildOverlays(b *testing.B, dir string, n int) string {
-	name := func(i int) string { return filepath.Join(dir, fmt.Sprintf("l%03d.qcow2", i)) }
-	imagetest.Create(b, dir, "l000.qcow2", "qcow2", 1<<30)
-	imagetest.QemuIO(b, "qcow2", name(0), "write -q -P 1 0 1M")
-	for i := 1; i < n; i++ {
-		imagetest.Create(b, dir, filepath.Base(name(i)), "qcow2", 1<<30)
-		imagetest.QemuIO(b, "qcow2", name(i), fmt.Sprintf("write -q -P %d %d 64k", i%250+2, int64(i)<<22))
-		imagetest.QemuImg(b, "rebase", "-q", "-u", "-f", "qcow2", "-b", filepath.Base(name(i-1)), "-F", "qcow2", name(i))
-	}
-	return name(n - 1)
 }

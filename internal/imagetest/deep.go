@@ -111,3 +111,27 @@ func deepOp(rng *rand.Rand, format string, size, cluster int64, i int) (cmd stri
 		return fmt.Sprintf("write -c -P %d %d %d", pattern, off, cluster), true
 	}
 }
+
+// Overlays stacks n overlays on the qcow2 image base, each of base's
+// virtual size, overlay i (from 1) holding one 64 KiB cluster of pattern
+// i%250+2 at i*step, as tests/bench/deep.sh builds its chains; it returns
+// the path of the top. Each overlay is written alone (whole clusters, so
+// nothing is copied up from below) and then rebased unsafely onto the one
+// below: writing through a growing chain would open it whole every time.
+func Overlays(t testing.TB, base string, n int, step int64) string {
+	t.Helper()
+	dir := filepath.Dir(base)
+	size := int64(0)
+	for _, e := range System.Map(t, base, "qcow2") {
+		size = max(size, e.Start+e.Length)
+	}
+	prev := base
+	for i := 1; i <= n; i++ {
+		name := fmt.Sprintf("o%03d.qcow2", i)
+		p := Create(t, dir, name, "qcow2", size, "cluster_size=65536")
+		QemuIO(t, "qcow2", p, fmt.Sprintf("write -q -P %d %d 64k", i%250+2, int64(i)*step))
+		QemuImg(t, "rebase", "-q", "-u", "-f", "qcow2", "-b", filepath.Base(prev), "-F", "qcow2", p)
+		prev = p
+	}
+	return prev
+}

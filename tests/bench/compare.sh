@@ -41,7 +41,10 @@
 #   W6_TIMEOUT=300 seconds before a W6 copy counts as failed
 #   QUIET_MAX=10   seconds to wait before each round for the CPUs to be
 #                  at most QUIET_BUSY=0.25 busy (others' work skews runs)
-#   WORKLOADS="W1 W2 W3 W4 W6"   which to run
+#   WORKLOADS="W1 W2 W3 W4 W6"   which to run; add DEEP for the deep-chain
+#                  measurements of tests/bench/deep.sh (issue 13: ls -l,
+#                  du -s, reads, maps, RSS and mount time for chains of up
+#                  to 256 layers), run first; WORKLOADS=DEEP runs only those
 #   PROFILE=1      also record a perf profile of the chainfs daemon over
 #                  one extra W1, W2, W3 and W4 (4 jobs) run each, and
 #                  print its top symbols
@@ -75,6 +78,12 @@ KEEP=${KEEP:-0}
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
 want() { case " $WORKLOADS " in *" $1 "*) return 0 ;; esac; return 1; }
+
+if want DEEP; then
+	bash tests/bench/deep.sh
+	WORKLOADS=$(echo " $WORKLOADS " | sed 's/ DEEP / /g')
+	[ -n "${WORKLOADS// /}" ] || exit 0
+fi
 
 # ---------------------------------------------------------------- setup
 
