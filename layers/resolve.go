@@ -85,6 +85,9 @@ type resolver struct {
 	touchMu sync.Mutex
 	touched [touchSlots]resKey
 	touchN  int
+
+	mappedOnce sync.Once
+	mapped     *mapped // mapped.go
 }
 
 // resKey names a column (layer nil) or a layer's flattened answer, by
@@ -175,8 +178,9 @@ func (l *Layer) Runs(off, length int64) iter.Seq2[Run, error] {
 		}
 		end := min(off+length, l.Size)
 		var direct []Run
+		empty := newEmptyScan(l)
 		for off < end {
-			if r, ok := l.nothingBelow(off, end); ok {
+			if r, ok := empty.next(off, end); ok {
 				if !yield(r, nil) {
 					return
 				}

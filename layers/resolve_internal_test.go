@@ -22,10 +22,12 @@ func TestResolvePathsAgree(t *testing.T) {
 		chain      imagetest.DeepChain
 		budget     int64
 		windowBits uint // 0: the chain's own
+		sparse     bool // some stretch of some layer maps nothing down to the decider
 	}{
-		{"20 layers, default budget", imagetest.DeepChain{Layers: 20, Size: 2 << 20, Seed: 7, Ops: 10}, 0, 0},
-		{"20 layers, 128 KiB windows", imagetest.DeepChain{Layers: 20, Size: 2 << 20, Seed: 9, Ops: 10}, 0, 17},
-		{"16 mixed layers, 64 KiB windows, 64 KiB budget", imagetest.DeepChain{Layers: 16, Size: 1 << 20, Seed: 8, Ops: 12, Mixed: true}, 64 << 10, 16},
+		{"20 layers, default budget", imagetest.DeepChain{Layers: 20, Size: 2 << 20, Seed: 7, Ops: 10}, 0, 0, false},
+		{"20 layers, 128 KiB windows", imagetest.DeepChain{Layers: 20, Size: 2 << 20, Seed: 9, Ops: 10}, 0, 17, false},
+		{"16 mixed layers, 64 KiB windows, 64 KiB budget", imagetest.DeepChain{Layers: 16, Size: 1 << 20, Seed: 8, Ops: 12, Mixed: true}, 64 << 10, 16, false},
+		{"12 sparse mixed layers of 2 GiB over a qcow2 base", imagetest.DeepChain{Layers: 12, Size: 2 << 30, Seed: 12, Ops: 5, Mixed: true, QcowBase: true}, 0, 0, true},
 	} {
 		t.Run(row.name, func(t *testing.T) {
 			t.Parallel()
@@ -42,6 +44,7 @@ func TestResolvePathsAgree(t *testing.T) {
 			win := int64(1) << r.windowBits
 			rng := rand.New(rand.NewPCG(row.chain.Seed, 1))
 			order := rng.Perm(len(c.Layers))
+			empty := 0
 			for _, i := range order {
 				l := c.Layers[i]
 				view := *l // a layer outside the column, over the same chain
@@ -90,9 +93,18 @@ func TestResolvePathsAgree(t *testing.T) {
 				if err != nil {
 					t.Fatalf("layer %d: Resolve whole: %v", i, err)
 				}
+				es := newEmptyScan(l)
+				for off := int64(0); off < l.Size; off += win {
+					if _, ok := es.next(off, min(off+win, l.Size)); ok {
+						empty++
+					}
+				}
 				if d := diffRuns(normalize(got), normalize(whole)); d != "" {
 					t.Fatalf("layer %d: whole layer differs from the walks: %s", i, d)
 				}
+			}
+			if row.sparse && empty == 0 {
+				t.Error("no layer has an empty stretch: the row does not test them")
 			}
 		})
 	}

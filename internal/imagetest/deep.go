@@ -16,9 +16,10 @@ type DeepChain struct {
 	Size   int64  // virtual size of each layer (a multiple of 128 KiB)
 	Seed   uint64 // what each layer holds
 	Ops    int    // qemu-io writes per layer (default 6)
-	// Mixed varies the layers: a raw base; cluster sizes of 4, 16 and
-	// 64 KiB; extended L2 entries; some layers half as long as the others.
-	Mixed bool
+	// Mixed varies the layers: a raw base (unless QcowBase); cluster
+	// sizes of 4, 16 and 64 KiB; extended L2 entries; some layers half as
+	// long as the others.
+	Mixed, QcowBase bool
 }
 
 // DeepLayer is one built layer of a DeepChain.
@@ -46,7 +47,7 @@ func (d DeepChain) Build(t testing.TB, dir string) []DeepLayer {
 		}
 		cluster := int64(64 << 10)
 		var layer DeepLayer
-		if d.Mixed && i == 0 {
+		if d.Mixed && !d.QcowBase && i == 0 {
 			layer = DeepLayer{Path: Create(t, dir, name+".raw", "raw", size), Format: "raw"}
 		} else {
 			opts := []string{}
