@@ -2,14 +2,12 @@ package layers
 
 import (
 	"bytes"
-	stdflate "compress/flate"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"sync"
 
-	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -18,70 +16,10 @@ import (
 // one cluster whatever the stream says, and trailing input is ignored, as
 // compressed streams are padded to 512-byte sectors.
 
-// inflater is a raw-deflate reader with the bytes.Reader it reads from,
-// pooled together. klauspost's flate decodes from a *bytes.Reader without
-// an interface call per byte, which makes it markedly faster than the
-// standard library's on qcow2's small streams.
-type inflater struct {
-	src bytes.Reader
-	r   io.ReadCloser
-}
-
-var flatePool sync.Pool // of *inflater
-
-// inflateZlib inflates src into dst with klauspost's flate, and when that
-// fails, decides again with the standard library's. klauspost's decoder
-// reads ahead of the last symbol it needs: a stream whose input ends right
-// after the symbols that fill the cluster (legal for QEMU, which stops when
-// its output buffer is full and ignores the rest, as zlib and
-// compress/flate do) fails with it for want of input
-// (testdata/fuzz/FuzzCompressed/6606dcd41cf3912c). Streams QEMU writes end
-// with an end-of-block code and never need the second try, so it costs
-// nothing on good images.
-//
-// One difference from zlib remains, in the other direction: klauspost's
-// decoder accepts a dynamic Huffman block without an end-of-block code,
-// which zlib refuses (263d6fd6d2fca0df); QEMU never writes one.
-func inflateZlib(dst, src []byte) error {
-	if err := inflateZlibFast(dst, src); err == nil {
-		return nil
-	}
-	return inflateZlibStd(dst, src)
-}
-
-var stdFlatePool sync.Pool // of io.ReadCloser from compress/flate
-
-func inflateZlibStd(dst, src []byte) error {
-	r, _ := stdFlatePool.Get().(io.ReadCloser)
-	if r == nil {
-		r = stdflate.NewReader(bytes.NewReader(src))
-	} else if err := r.(stdflate.Resetter).Reset(bytes.NewReader(src), nil); err != nil {
-		return err
-	}
-	defer stdFlatePool.Put(r)
-	_, err := io.ReadFull(r, dst)
-	return err
-}
-
-func inflateZlibFast(dst, src []byte) error {
-	in, _ := flatePool.Get().(*inflater)
-	if in == nil {
-		in = &inflater{}
-		in.src.Reset(src)
-		in.r = flate.NewReader(&in.src)
-	} else {
-		in.src.Reset(src)
-		if err := in.r.(flate.Resetter).Reset(&in.src, nil); err != nil {
-			return err
-		}
-	}
-	defer func() {
-		in.src.Reset(nil)
-		flatePool.Put(in)
-	}()
-	_, err := io.ReadFull(in.r, dst)
-	return err
-}
+// inflateZlib inflates the raw deflate stream src into dst (inflate.go),
+// accepting what compress/flate accepts, which agrees with zlib on every
+// stream QEMU writes.
+func inflateZlib(dst, src []byte) error { return inflate(dst, src) }
 
 var zstdPool sync.Pool // of *zstd.Decoder
 
