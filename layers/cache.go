@@ -5,14 +5,39 @@ import (
 	"sync"
 )
 
-// Cache holds metadata tables read from image files (L2 tables, for now)
-// for every layer of one or more chains, within one byte budget: memory
-// stays bounded by the budget however many layers a chain has and however
-// large they are. Entries are keyed by file and host offset, so the views
-// of one file (its current state and its internal snapshots) share them.
-// It is safe for concurrent use.
+// Cache holds what reading one or more chains keeps in memory, each part
+// within its own byte budget: metadata tables read from image files (L2
+// tables, for now), and inflated compressed clusters with read-ahead
+// (clustercache.go). Memory stays bounded by the budgets however many
+// layers a chain has and however large they are. Entries are keyed by
+// file and host offset, so the views of one file (its current state and
+// its internal snapshots) share them. It is safe for concurrent use.
 type Cache struct {
-	shards [cacheShards]cacheShard
+	shards   [cacheShards]cacheShard
+	clusters clusterCache
+}
+
+// CacheSizes are the byte budgets of a Cache.
+type CacheSizes struct {
+	// Tables: metadata tables (DefaultCacheBytes).
+	Tables int64
+	// Clusters: inflated compressed clusters kept for the next read of
+	// another part of them (DefaultClusterCacheBytes).
+	Clusters int64
+	// ReadAhead: clusters inflated ahead of sequential readers, not yet
+	// read (DefaultReadAheadBytes). Zero turns read-ahead off.
+	ReadAhead int64
+}
+
+// DefaultCacheSizes are the budgets of NewCache(DefaultCacheBytes), the
+// cache Open makes when Options.Cache is nil: 28 MiB in all.
+var DefaultCacheSizes = CacheSizes{DefaultCacheBytes, DefaultClusterCacheBytes, DefaultReadAheadBytes}
+
+// NewCacheSizes returns a cache with the given budgets.
+func NewCacheSizes(s CacheSizes) *Cache {
+	c := NewCache(s.Tables)
+	c.clusters.init(s.Clusters, s.ReadAhead)
+	return c
 }
 
 // DefaultCacheBytes is the budget of the cache Open makes when
@@ -25,9 +50,11 @@ const DefaultCacheBytes = 16 << 20
 const cacheShards = 16
 
 // NewCache returns a cache that holds at most budget bytes of tables (at
-// least one table per shard, whatever the budget).
+// least one table per shard, whatever the budget), and inflated clusters
+// and read-ahead within their default budgets.
 func NewCache(budget int64) *Cache {
 	c := &Cache{}
+	c.clusters.init(DefaultClusterCacheBytes, DefaultReadAheadBytes)
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.budget = max(budget/cacheShards, 1)
@@ -99,6 +126,7 @@ func (c *Cache) put(f *HostFile, off int64, buf []byte) {
 
 // forget drops every entry of f, for a file that is being closed.
 func (c *Cache) forget(f *HostFile) {
+	c.clusters.forget(f)
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()

@@ -162,12 +162,9 @@ func zstdFrameLen(b []byte) (n int, skippable bool, err error) {
 	return n, false, nil
 }
 
-// readCompressed reads and inflates the compressed cluster described by
+// inflateCluster reads and inflates the compressed cluster described by
 // ext into dst (one cluster long).
-func (q *qcow2Image) readCompressed(dst []byte, ext *Extent) error {
-	if c := q.zcache.get(ext.HostOffset, dst); c {
-		return nil
-	}
+func (q *qcow2Image) inflateCluster(dst []byte, ext *Extent) error {
 	// A descriptor's length is at most two clusters (its sector count has
 	// cluster_bits-8 bits), so one pooled buffer of that size always fits.
 	buf := clusterBufs.get(2 * q.csize)
@@ -189,50 +186,5 @@ func (q *qcow2Image) readCompressed(dst []byte, ext *Extent) error {
 		return corrupt(q.name, "compressed cluster at %#x (%d bytes) for guest offset %#x does not inflate to one cluster: %v",
 			ext.HostOffset, ext.CompressedSize, ext.Offset&^(q.csize-1), err)
 	}
-	q.zcache.put(ext.HostOffset, dst)
 	return nil
-}
-
-// clusterCache keeps a few recently inflated clusters so that the kernel's
-// 128 KiB reads of a 2 MiB compressed cluster do not inflate it 16 times.
-type clusterCache struct {
-	mu    sync.Mutex
-	size  int64
-	slots [4]struct {
-		off  int64
-		data []byte
-	}
-	next int
-}
-
-func newClusterCache(size int64) *clusterCache {
-	c := &clusterCache{size: size}
-	for i := range c.slots {
-		c.slots[i].off = -1
-	}
-	return c
-}
-
-func (c *clusterCache) get(off int64, dst []byte) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i := range c.slots {
-		if c.slots[i].off == off {
-			copy(dst, c.slots[i].data)
-			return true
-		}
-	}
-	return false
-}
-
-func (c *clusterCache) put(off int64, src []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s := &c.slots[c.next]
-	c.next = (c.next + 1) % len(c.slots)
-	if s.data == nil {
-		s.data = make([]byte, c.size)
-	}
-	copy(s.data, src)
-	s.off = off
 }

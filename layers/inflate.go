@@ -43,6 +43,9 @@ var (
 //
 //	bits 0-4   code length in bits (0: no code has this pattern)
 //	bit 5      literal: bits 16-23 hold the byte
+//	bit 13     with bit 5, a pair of literals whose codes fit the table
+//	           together: bits 24-31 hold the second byte, bits 8-11 the
+//	           length of the first code, bits 0-4 the length of both
 //	bit 6      end of block
 //	bit 7      link: bits 16-31 index the subtable (of 2^(15-table bits)
 //	           entries, indexed by the bits after the table's)
@@ -55,10 +58,11 @@ const (
 	entEOB     = 1 << 6
 	entLink    = 1 << 7
 	entBad     = 1 << 12
+	entPair    = 1 << 13
 )
 
 const (
-	litTableBits  = 10
+	litTableBits  = 11
 	distTableBits = 8
 	clTableBits   = 7 // code-length codes are at most 7 bits: no subtables
 	// Table sizes for the worst case: the main table, and one subtable
@@ -129,6 +133,7 @@ func init() {
 	if fixedLitMin, ok = buildTable(fixedLit[:], lens[:], litSyms[:], litTableBits); !ok {
 		panic("fixed literal/length code")
 	}
+	addLiteralPairs(fixedLit[:], litTableBits)
 	for i := range 32 {
 		lens[i] = 5
 	}
@@ -206,6 +211,29 @@ func buildTable(t []uint32, lens []uint8, syms []uint32, tableBits uint) (minLen
 		}
 	}
 	return minLen, true
+}
+
+// addLiteralPairs turns the entries of a literal/length table t (built by
+// buildTable with tableBits bits) whose literal code leaves room in the
+// table bits for the whole code of a second literal into pair entries:
+// runs of literals, most of text, then decode two symbols per lookup.
+func addLiteralPairs(t []uint32, tableBits uint) {
+	// Downwards: i>>n < i, so t[i>>n] is still a single entry when read.
+	for i := 1<<tableBits - 1; i >= 0; i-- {
+		e := t[i]
+		if e&entLiteral == 0 {
+			continue
+		}
+		n := uint(e & entLen)
+		// The bits after the first code are the low bits of i>>n; a
+		// second code no longer than them is found whatever the rest.
+		e2 := t[i>>n]
+		n2 := uint(e2 & entLen)
+		if e2&entLiteral == 0 || n+n2 > tableBits {
+			continue
+		}
+		t[i] = e&^entLen | entPair | uint32(n)<<8 | uint32(n+n2) | (e2>>16&0xff)<<24
+	}
 }
 
 // reverse returns the low n bits of c in reverse order: deflate sends
@@ -440,6 +468,7 @@ func (f *inflater) readTables(r *bitReader) (litMin, distMin int, err error) {
 	if litMin, ok = buildTable(f.lit[:], lens[:nlit], litSyms[:], litTableBits); !ok {
 		return 0, 0, errInflateCorrupt
 	}
+	addLiteralPairs(f.lit[:], litTableBits)
 	if distMin, ok = buildTable(f.dist[:], lens[nlit:], distSyms[:], distTableBits); !ok {
 		return 0, 0, errInflateCorrupt
 	}
@@ -499,24 +528,20 @@ func huffmanFast(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, d
 		}
 		n := uint(e & entLen)
 		if e&entLiteral != 0 {
+			dst[out] = byte(e >> 16)
+			if e&entPair != 0 {
+				if out+1 < len(dst) {
+					dst[out+1] = byte(e >> 24)
+					out += 2
+					buf >>= n
+					nb -= n
+					continue
+				}
+				n = uint(e >> 8 & 15) // room for the first only
+			}
+			out++
 			buf >>= n
 			nb -= n
-			dst[out] = byte(e >> 16)
-			out++
-			// Literals come in runs: at least 33 bits are left, enough
-			// for a second one without going round the loop.
-			if out == len(dst) {
-				break
-			}
-			e = lit[buf&litMask]
-			if e&entLiteral == 0 {
-				continue // looked up again after the refill check
-			}
-			n = uint(e & entLen)
-			buf >>= n
-			nb -= n
-			dst[out] = byte(e >> 16)
-			out++
 			continue
 		}
 		if e&(entEOB|entBad) != 0 || n == 0 {
@@ -593,6 +618,11 @@ func huffmanTail(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, d
 			e = lit[(e>>16)+uint32(r.buf>>litTableBits)&litSubMask]
 		}
 		n := uint(e & entLen)
+		if e&entPair != 0 {
+			// One symbol at a time here: the second needs its own
+			// end-of-input checks.
+			n = uint(e >> 8 & 15)
+		}
 		r.bits(n)
 		if r.consumed() {
 			return out, errInflateInput

@@ -162,8 +162,10 @@ func (s *server) run(lf *logFlags) int {
 	// the server and leave a dead mount: writes fail with EPIPE instead.
 	signal.Ignore(syscall.SIGPIPE)
 
+	cache := layers.NewCacheSizes(layers.DefaultCacheSizes)
+	logCacheStatsOnSignal(log, cache)
 	chain, err := layers.Open(s.image, &layers.Options{Format: s.format, Log: slogrus.New(log), ForceShare: s.opts.forceShare,
-		Confine: s.limits.confine, MaxDepth: s.limits.maxDepth})
+		Confine: s.limits.confine, MaxDepth: s.limits.maxDepth, Cache: cache})
 	if err != nil {
 		return s.fail(exitImage, err)
 	}
@@ -201,6 +203,7 @@ func (s *server) run(lf *logFlags) int {
 		s.ready.Close()
 	}
 	srv.Wait()
+	logCacheStats(log, cache)
 	log.WithField("mountpoint", mnt).Info("unmounted")
 	return exitOK
 }
