@@ -93,7 +93,23 @@ func (n *rawNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 		n.log.WithFields(logrus.Fields{"op": "read", "off": off, "len": len(dest)}).WithError(err).Error("read failed: EIO")
 		return nil, syscall.EIO
 	}
-	return fuse.ReadResultData(dest[:got]), 0
+	r := readResults.Get().(*readResult)
+	r.b = dest[:got]
+	return r, 0
+}
+
+// readResult is fuse.ReadResultData's result, back in a pool once go-fuse
+// has taken the bytes (it calls Done right after Bytes): one allocation
+// less per read.
+type readResult struct{ b []byte }
+
+var readResults = sync.Pool{New: func() any { return new(readResult) }}
+
+func (r *readResult) Bytes([]byte) ([]byte, fuse.Status) { return r.b, fuse.OK }
+func (r *readResult) Size() int                          { return len(r.b) }
+func (r *readResult) Done() {
+	r.b = nil
+	readResults.Put(r)
 }
 
 // Lseek answers SEEK_DATA and SEEK_HOLE (the kernel handles the other

@@ -30,7 +30,7 @@ type CacheSizes struct {
 }
 
 // DefaultCacheSizes are the budgets of NewCache(DefaultCacheBytes), the
-// cache Open makes when Options.Cache is nil: 28 MiB in all.
+// cache Open makes when Options.Cache is nil: 24 MiB in all.
 var DefaultCacheSizes = CacheSizes{DefaultCacheBytes, DefaultClusterCacheBytes, DefaultReadAheadBytes}
 
 // NewCacheSizes returns a cache with the given budgets.

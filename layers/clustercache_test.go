@@ -210,9 +210,16 @@ func TestStreamReadAhead(t *testing.T) {
 	for _, sz := range []struct {
 		name  string
 		ahead int64
-	}{{"default", layers.DefaultReadAheadBytes}, {"one cluster", 64 * KiB}, {"off", 0}} {
+		kept  int64
+	}{
+		{"default", layers.DefaultReadAheadBytes, 1 * MiB},
+		{"one cluster", 64 * KiB, 1 * MiB},
+		{"off", 0, 1 * MiB},
+		{"no cluster cache", layers.DefaultReadAheadBytes, 0},
+		{"no caches", 0, 0},
+	} {
 		t.Run(sz.name, func(t *testing.T) {
-			cache := layers.NewCacheSizes(layers.CacheSizes{Tables: 1 * MiB, Clusters: 1 * MiB, ReadAhead: sz.ahead})
+			cache := layers.NewCacheSizes(layers.CacheSizes{Tables: 1 * MiB, Clusters: sz.kept, ReadAhead: sz.ahead})
 			c, err := layers.Open(top, &layers.Options{Cache: cache})
 			if err != nil {
 				t.Fatal(err)

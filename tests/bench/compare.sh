@@ -393,12 +393,30 @@ fi
 
 # ---------------------------------------------------------------- runs
 
+# cache_stats KEY: the chainfs server of KEY logs its cache counters
+# (SIGUSR1); prints "HITS MISSES READAHEAD_CLUSTERS READAHEAD_HITS".
+cache_stats() {
+	local log=$WORK/log/chainfs-$1.log n line
+	n=$(grep -c "cache statistics" "$log" 2>/dev/null || true)
+	kill -USR1 "${PID[cfs-$1]}" 2>/dev/null || { echo "0 0 0 0"; return; }
+	for _ in $(seq 50); do
+		[ "$(grep -c "cache statistics" "$log" 2>/dev/null || true)" -gt "${n:-0}" ] && break
+		sleep 0.02
+	done
+	line=$(grep "cache statistics" "$log" | tail -1)
+	for f in cluster_hits cluster_misses readahead_clusters readahead_hits; do
+		printf '%s ' "$(echo "$line" | grep -o "$f=[0-9]*" | cut -d= -f2)"
+	done
+	echo
+}
+
 # run1 WORKLOAD SIDE KEY ROUND KIND: one measured run; appends
 # "WORKLOAD SIDE ROUND VALUE RSS_KIB" to the results.
 run1() {
 	local wl=$1 side=$2 key=$3 round=$4 kind=$5 view=${VIEW[$3]} pid=${PID[$3]}
-	local out secs rss cpu value work unit
+	local out secs rss cpu value work unit stats0=""
 	drop_view "$view" "$side"
+	if [ "$side" = chainfs ]; then stats0=$(cache_stats "${key#cfs-}"); fi
 	case $kind in
 	dd)
 		unit=MiB/s
@@ -475,6 +493,12 @@ run1() {
 		;;
 	esac
 	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$side" "$round" "$value" "$rss" "$cpu" "$work" >>"$RESULTS"
+	if [ -n "$stats0" ]; then
+		local h0 m0 a0 ah0 h1 m1 a1 ah1
+		read -r h0 m0 a0 ah0 <<<"$stats0"
+		read -r h1 m1 a1 ah1 <<<"$(cache_stats "${key#cfs-}")"
+		printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$round" $((h1 - h0)) $((m1 - m0)) $((a1 - a0)) $((ah1 - ah0)) >>"$WORK/out/cache.tsv"
+	fi
 	log "  $wl round $round $side: $value $unit, daemon CPU ${cpu}s, peak RSS $((rss / 1024)) MiB"
 }
 
@@ -566,6 +590,10 @@ echo "   (other processes skew single runs; the ratios pair neighbouring runs, a
 echo "   ratio = median over rounds of chainfs/peer (W6: peer time / chainfs time); RSS = max VmRSS sampled every 100 ms"
 echo
 "$BT" report "$RESULTS"
+echo
+echo "chainfs's inflated-cluster cache per run (reads of compressed clusters found in memory / inflated;"
+echo "clusters read ahead, and of them read), medians over rounds:"
+"$BT" cachereport "$WORK/out/cache.tsv"
 echo
 echo "daemon VmHWM over the whole run (KiB):"
 for k in "${!PID[@]}"; do

@@ -16,6 +16,7 @@
 //	benchtool diffclusters A B CLUSTER          offsets of the CLUSTER-sized blocks where files A and B differ
 //	benchtool hwm PID                           VmHWM of PID in KiB
 //	benchtool report RESULTS.tsv                the comparison table
+//	benchtool cachereport CACHE.tsv             chainfs's cluster cache counters per workload
 //
 // SIZE accepts the suffixes K, M, G, T (powers of 1024).
 package main
@@ -28,7 +29,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		die("usage: benchtool random|stripes|text|diffclusters|drop|resident|run|quiet|fioiops|hwm|report ...")
+		die("usage: benchtool random|stripes|text|diffclusters|drop|resident|run|quiet|fioiops|hwm|report|cachereport ...")
 	}
 	args := os.Args[2:]
 	var err error
@@ -55,6 +56,8 @@ func main() {
 		err = cmdHWM(args)
 	case "report":
 		err = cmdReport(args)
+	case "cachereport":
+		err = cmdCacheReport(args)
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}

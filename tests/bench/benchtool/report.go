@@ -268,3 +268,53 @@ func mib(kib int64) string {
 	}
 	return fmt.Sprintf("%.1fMiB", float64(kib)/1024)
 }
+
+// cmdCacheReport prints, per workload, the medians of the per-run cache
+// counters compare.sh recorded (WORKLOAD ROUND HITS MISSES RA_CLUSTERS
+// RA_HITS), with the hit rate, for workloads that read compressed
+// clusters.
+func cmdCacheReport(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("usage: cachereport CACHE.tsv")
+	}
+	b, err := os.ReadFile(args[0])
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return err
+	}
+	type runs struct{ hits, misses, ra, rahits, rate []float64 }
+	by := map[string]*runs{}
+	var order []string
+	for _, line := range strings.Split(string(b), "\n") {
+		fs := strings.Fields(line)
+		if len(fs) != 6 {
+			continue
+		}
+		v := make([]float64, 4)
+		for i := range v {
+			v[i], _ = strconv.ParseFloat(fs[2+i], 64)
+		}
+		if v[0]+v[1] == 0 {
+			continue // no compressed cluster read
+		}
+		r := by[fs[0]]
+		if r == nil {
+			r = &runs{}
+			by[fs[0]] = r
+			order = append(order, fs[0])
+		}
+		r.hits = append(r.hits, v[0])
+		r.misses = append(r.misses, v[1])
+		r.ra = append(r.ra, v[2])
+		r.rahits = append(r.rahits, v[3])
+		r.rate = append(r.rate, v[0]/(v[0]+v[1]))
+	}
+	fmt.Printf("  %-12s %9s %9s %9s %11s %11s\n", "workload", "hit rate", "hits", "misses", "read ahead", "of them read")
+	for _, w := range order {
+		r := by[w]
+		fmt.Printf("  %-12s %8.1f%% %9.0f %9.0f %11.0f %11.0f\n", w, 100*median(r.rate), median(r.hits), median(r.misses), median(r.ra), median(r.rahits))
+	}
+	return nil
+}
