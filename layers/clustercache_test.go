@@ -121,6 +121,18 @@ func TestClusterCacheKeys(t *testing.T) {
 		t.Fatal("QEMU does not read the hand-made clusters")
 	}
 
+	readInterleaved(t, views, want, 9*64*KiB)
+	if s := cache.Stats(); s.ClusterHits == 0 || s.ClusterMisses == 0 || s.ClusterBytes > 4*MiB {
+		t.Errorf("cache statistics %+v: want hits and misses, at most 4 MiB kept", s)
+	}
+}
+
+// readInterleaved reads the views from four goroutines at once, in pieces
+// of up to 8 KiB at random in their first span bytes, so that their
+// compressed clusters are inflated, kept and found again in between, and
+// compares each piece with want.
+func readInterleaved(t *testing.T, views []*layers.Layer, want map[*layers.Layer][]byte, span int64) {
+	t.Helper()
 	var wg sync.WaitGroup
 	for g := range 4 {
 		wg.Add(1)
@@ -130,22 +142,97 @@ func TestClusterCacheKeys(t *testing.T) {
 			buf := make([]byte, 8*KiB)
 			for range 600 {
 				l := views[rng.IntN(len(views))]
-				off := rng.Int64N(9*64*KiB - int64(len(buf)))
+				end := min(span, l.Size)
+				off := rng.Int64N(end - int64(len(buf)))
 				n := 1 + rng.IntN(len(buf))
 				if _, err := l.ReadAt(buf[:n], off); err != nil {
 					t.Errorf("%s: ReadAt(%d, %#x): %v", l.Path, n, off, err)
 					return
 				}
 				if i := firstDiff(buf[:n], want[l][off:off+int64(n)]); i >= 0 {
-					t.Errorf("%s: ReadAt(%d, %#x) differs from QEMU at %#x", l.Path, n, off, off+int64(i))
+					t.Errorf("%s (snapshot %v): ReadAt(%d, %#x) differs from QEMU at %#x", l.Path, l.Snapshot != nil, n, off, off+int64(i))
 					return
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	if s := cache.Stats(); s.ClusterHits == 0 || s.ClusterMisses == 0 || s.ClusterBytes > 4*MiB {
-		t.Errorf("cache statistics %+v: want hits and misses, at most 4 MiB kept", s)
+}
+
+// TestClusterCacheSnapshots: the current state and the internal
+// snapshots of an image are views of one file; the compressed clusters
+// they share are inflated once, and those the writes after a snapshot
+// replaced (copied on write, compressed again) are never served for the
+// other views. Checked against copies on which QEMU applied each snapshot.
+func TestClusterCacheSnapshots(t *testing.T) {
+	imagetest.Need(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	p := imagetest.Create(t, dir, "snap.qcow2", "qcow2", 1*MiB, "compression_type=zlib")
+	writes := func(cmds ...string) func() { return func() { imagetest.QemuIO(t, "qcow2", p, cmds...) } }
+	steps := []func(){
+		writes("write -c -P 1 0 64k", "write -c -P 2 64k 64k", "write -c -P 3 128k 64k", "write -c -P 4 192k 64k"),
+		func() { imagetest.QemuImg(t, "snapshot", "-c", "first", p) },
+		// Compressed writes go to unallocated clusters only: discard first.
+		writes("discard 0 128k", "write -c -P 5 0 64k", "write -c -P 6 64k 64k", "write -P 7 128k 64k"),
+		func() { imagetest.QemuImg(t, "snapshot", "-c", "second", p) },
+		writes("discard 192k 64k", "write -c -P 8 192k 64k", "discard 64k 64k", "write -c -P 9 256k 64k"),
+	}
+	for _, s := range steps {
+		s()
+	}
+	cache := layers.NewCacheSizes(layers.CacheSizes{Tables: 1 * MiB, Clusters: 4 * MiB, ReadAhead: 1 * MiB})
+	c, err := layers.Open(p, &layers.Options{Cache: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	l := c.Top()
+	views := []*layers.Layer{l}
+	want := map[*layers.Layer][]byte{l: imagetest.ConvertRaw(t, p, "qcow2")}
+	for i, s := range l.Snapshots() {
+		v, err := l.SnapshotLayer(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		views = append(views, v)
+		for _, q := range imagetest.Oracles(t) {
+			b := q.ConvertRaw(t, q.Applied(t, p, s.ID), "qcow2")
+			if w, ok := want[v]; ok && !bytes.Equal(w, b) {
+				t.Fatalf("snapshot %s: the two QEMUs read it differently", s.Name)
+			}
+			want[v] = b
+		}
+	}
+	if len(views) != 3 {
+		t.Fatalf("%d views, want the current state and two snapshots", len(views))
+	}
+	readInterleaved(t, views, want, 5*64*KiB)
+	if s := cache.Stats(); s.ClusterHits == 0 {
+		t.Errorf("cache statistics %+v: no hits", s)
+	}
+}
+
+// TestClusterCacheReopen: a cache shared by chains that come and go never
+// serves the clusters of a closed chain for a new one, even when the image
+// changed in between and its new compressed clusters lie where the old
+// ones did.
+func TestClusterCacheReopen(t *testing.T) {
+	imagetest.Need(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	cache := layers.NewCacheSizes(layers.CacheSizes{Tables: 1 * MiB, Clusters: 4 * MiB, ReadAhead: 1 * MiB})
+	for round, name := range []string{"before", "after", "again"} {
+		p := sameLayout(t, dir, "re.qcow2", "", contents(name, 4))
+		c, err := layers.Open(p, &layers.Options{Cache: cache})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := c.Top()
+		want := imagetest.ConvertRaw(t, p, "qcow2")
+		if !bytes.Equal(want[:64*KiB], clusterContent(name, 0)) {
+			t.Fatalf("round %d: QEMU does not read the hand-made cluster", round)
+		}
+		readInterleaved(t, []*layers.Layer{l}, map[*layers.Layer][]byte{l: want}, 4*64*KiB)
+		c.Close()
 	}
 }
 

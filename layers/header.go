@@ -19,7 +19,6 @@ const (
 	maxL1Bytes = 32 << 20
 	// maxRefcountTableBytes is QCOW_MAX_REFTABLE_SIZE.
 	maxRefcountTableBytes = 8 << 20
-	maxSnapshots          = 65536
 	maxBackingNameLen     = 1023
 	v2HeaderLen           = 72
 	v3MinHeaderLen        = 104
@@ -40,6 +39,9 @@ const (
 	IncompatExtendedL2  = 1 << 4
 	knownIncompat       = IncompatDirty | IncompatCorrupt | IncompatDataFile |
 		IncompatCompression | IncompatExtendedL2
+
+	// Compatible feature bits.
+	CompatLazyRefcounts = 1 << 0
 
 	// Autoclear feature bits.
 	AutoclearBitmaps     = 1 << 0
@@ -85,6 +87,11 @@ type Header struct {
 	// table; type 0 incompatible, 1 compatible, 2 autoclear.
 	FeatureNames map[uint16]string
 	HasBitmaps   bool
+	// The bitmaps extension (bitmap.go), set when the bitmaps autoclear
+	// bit is: QEMU ignores the extension without it.
+	NbBitmaps             uint32
+	BitmapDirectorySize   uint64
+	BitmapDirectoryOffset uint64
 }
 
 // ClusterSize returns 1 << ClusterBits.
@@ -95,6 +102,9 @@ func (h *Header) ExtendedL2() bool { return h.IncompatibleFeatures&IncompatExten
 
 // ExternalData reports whether guest data lives in an external data file.
 func (h *Header) ExternalData() bool { return h.IncompatibleFeatures&IncompatDataFile != 0 }
+
+// LazyRefcounts reports the lazy_refcounts compatible feature bit.
+func (h *Header) LazyRefcounts() bool { return h.CompatibleFeatures&CompatLazyRefcounts != 0 }
 
 // DataFileRaw reports the data_file_raw autoclear bit.
 func (h *Header) DataFileRaw() bool { return h.AutoclearFeatures&AutoclearDataFileRaw != 0 }
@@ -263,11 +273,8 @@ func DecodeHeader(name string, r io.ReaderAt, fileSize int64) (*Header, error) {
 	if end := h.RefcountTableOffset + uint64(h.RefcountTableClusters)*cs; h.RefcountTableClusters > 0 && end > uint64(fileSize) {
 		return nil, corrupt(name, "refcount table at %#x (%d clusters) lies beyond end of file (%#x)", h.RefcountTableOffset, h.RefcountTableClusters, fileSize)
 	}
-	if h.NbSnapshots > maxSnapshots {
-		return nil, corrupt(name, "header: %d snapshots exceed QEMU's limit of %d", h.NbSnapshots, maxSnapshots)
-	}
-	if h.NbSnapshots > 0 && h.SnapshotsOffset%cs != 0 {
-		return nil, corrupt(name, "header: snapshot table offset %#x is not cluster aligned", h.SnapshotsOffset)
+	if err := h.checkSnapshotTable(name); err != nil {
+		return nil, err
 	}
 
 	// Backing file name.
@@ -336,39 +343,4 @@ func (h *Header) decodeExtensions(name string, first []byte, start, end uint64) 
 		}
 		off = next
 	}
-}
-
-// Bitmap limits (QCOW2_MAX_BITMAPS, QCOW2_MAX_BITMAP_DIRECTORY_SIZE).
-const (
-	maxBitmaps      = 65535
-	maxBitmapDirLen = 1024 * maxBitmaps
-)
-
-// checkBitmapsExt makes the checks QEMU makes of the bitmaps extension
-// when it opens an image: a malformed one fails the open. Without the
-// bitmaps autoclear bit QEMU considers every bitmap inconsistent and
-// ignores the extension. chainfs does not read the bitmap directory.
-func (h *Header) checkBitmapsExt(name string, off uint64, p []byte) error {
-	if len(p) != 24 {
-		return corrupt(name, "bitmaps extension at %#x: length %d, not 24", off, len(p))
-	}
-	if h.AutoclearFeatures&AutoclearBitmaps == 0 {
-		return nil
-	}
-	be := binary.BigEndian
-	n, reserved := be.Uint32(p), be.Uint32(p[4:])
-	dirLen, dirOff := be.Uint64(p[8:]), be.Uint64(p[16:])
-	switch {
-	case reserved != 0:
-		return corrupt(name, "bitmaps extension at %#x: reserved field is %#x, not zero", off, reserved)
-	case n > maxBitmaps:
-		return corrupt(name, "bitmaps extension at %#x: %d bitmaps exceed QEMU's limit of %d", off, n, maxBitmaps)
-	case n == 0:
-		return corrupt(name, "bitmaps extension at %#x: no bitmaps", off)
-	case dirOff&(uint64(1)<<h.ClusterBits-1) != 0:
-		return corrupt(name, "bitmaps extension at %#x: bitmap directory offset %#x is not cluster aligned", off, dirOff)
-	case dirLen > maxBitmapDirLen:
-		return corrupt(name, "bitmaps extension at %#x: bitmap directory of %d bytes exceeds QEMU's limit of %d", off, dirLen, maxBitmapDirLen)
-	}
-	return nil
 }
