@@ -180,7 +180,7 @@ func (q *qcow2Image) inflateCluster(dst []byte, ext *Extent) error {
 		err = inflateZlib(dst, src)
 	}
 	if err != nil {
-		if err == io.ErrUnexpectedEOF || err == io.EOF {
+		if err == io.ErrUnexpectedEOF || err == io.EOF || err == errInflateShort {
 			err = fmt.Errorf("stream ends before one cluster (%d bytes)", len(dst))
 		}
 		return corrupt(q.name, "compressed cluster at %#x (%d bytes) for guest offset %#x does not inflate to one cluster: %v",

@@ -34,7 +34,7 @@ import (
 // Errors of inflate. Callers treat them all as "the cluster is corrupt";
 // they differ for the log line.
 var (
-	errInflateShort   = errors.New("deflate stream ends before one cluster")
+	errInflateShort   = errors.New("stream ends before one cluster")
 	errInflateInput   = errors.New("deflate stream cut short")
 	errInflateCorrupt = errors.New("invalid deflate stream")
 )
@@ -43,9 +43,6 @@ var (
 //
 //	bits 0-4   code length in bits (0: no code has this pattern)
 //	bit 5      literal: bits 16-23 hold the byte
-//	bit 13     with bit 5, a pair of literals whose codes fit the table
-//	           together: bits 24-31 hold the second byte, bits 8-11 the
-//	           length of the first code, bits 0-4 the length of both
 //	bit 6      end of block
 //	bit 7      link: bits 16-31 index the subtable (of 2^(15-table bits)
 //	           entries, indexed by the bits after the table's)
@@ -58,11 +55,10 @@ const (
 	entEOB     = 1 << 6
 	entLink    = 1 << 7
 	entBad     = 1 << 12
-	entPair    = 1 << 13
 )
 
 const (
-	litTableBits  = 11
+	litTableBits  = 10
 	distTableBits = 8
 	clTableBits   = 7 // code-length codes are at most 7 bits: no subtables
 	// Table sizes for the worst case: the main table, and one subtable
@@ -133,7 +129,6 @@ func init() {
 	if fixedLitMin, ok = buildTable(fixedLit[:], lens[:], litSyms[:], litTableBits); !ok {
 		panic("fixed literal/length code")
 	}
-	addLiteralPairs(fixedLit[:], litTableBits)
 	for i := range 32 {
 		lens[i] = 5
 	}
@@ -211,29 +206,6 @@ func buildTable(t []uint32, lens []uint8, syms []uint32, tableBits uint) (minLen
 		}
 	}
 	return minLen, true
-}
-
-// addLiteralPairs turns the entries of a literal/length table t (built by
-// buildTable with tableBits bits) whose literal code leaves room in the
-// table bits for the whole code of a second literal into pair entries:
-// runs of literals, most of text, then decode two symbols per lookup.
-func addLiteralPairs(t []uint32, tableBits uint) {
-	// Downwards: i>>n < i, so t[i>>n] is still a single entry when read.
-	for i := 1<<tableBits - 1; i >= 0; i-- {
-		e := t[i]
-		if e&entLiteral == 0 {
-			continue
-		}
-		n := uint(e & entLen)
-		// The bits after the first code are the low bits of i>>n; a
-		// second code no longer than them is found whatever the rest.
-		e2 := t[i>>n]
-		n2 := uint(e2 & entLen)
-		if e2&entLiteral == 0 || n+n2 > tableBits {
-			continue
-		}
-		t[i] = e&^entLen | entPair | uint32(n)<<8 | uint32(n+n2) | (e2>>16&0xff)<<24
-	}
 }
 
 // reverse returns the low n bits of c in reverse order: deflate sends
@@ -468,7 +440,6 @@ func (f *inflater) readTables(r *bitReader) (litMin, distMin int, err error) {
 	if litMin, ok = buildTable(f.lit[:], lens[:nlit], litSyms[:], litTableBits); !ok {
 		return 0, 0, errInflateCorrupt
 	}
-	addLiteralPairs(f.lit[:], litTableBits)
 	if distMin, ok = buildTable(f.dist[:], lens[nlit:], distSyms[:], distTableBits); !ok {
 		return 0, 0, errInflateCorrupt
 	}
@@ -482,9 +453,10 @@ func (f *inflater) readTables(r *bitReader) (litMin, distMin int, err error) {
 // returns the new output position: len(dst) once the cluster is full,
 // wherever the block stands.
 func huffmanBlock(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, dist *[distTableSize]uint32, litMin, distMin int) (int, error) {
-	out, st := huffmanFast(dst, out, r, lit, dist)
+	var st int
+	out, r.buf, r.n, r.in, st = huffmanFast(dst, out, r.buf, r.n, r.in, r.src, lit, dist)
 	switch st {
-	case blockEnd, blockFull:
+	case blockEnd:
 		return out, nil
 	case blockCorrupt:
 		return out, errInflateCorrupt
@@ -494,28 +466,28 @@ func huffmanBlock(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, 
 
 // How huffmanFast stops.
 const (
-	blockTail    = iota // fewer than 8 input bytes left: on to huffmanTail
+	blockTail    = iota // near the end of the input or of dst: on to huffmanTail
 	blockEnd            // end-of-block code
-	blockFull           // dst is full
 	blockCorrupt        // a code that is no code, or a distance too far
 )
 
 // huffmanFast is the hot loop of reading a zlib image. It runs while
-// every refill can load 8 bytes, so every buffered bit is input and no
-// symbol can be cut short: none of huffmanTail's end-of-input checks. Few
-// variables, kept in registers; tables by array pointer, so that masked
-// lookups need no bounds check.
-func huffmanFast(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, dist *[distTableSize]uint32) (int, int) {
+// every refill can load 8 bytes, so that every buffered bit is input and
+// no symbol can be cut short, and while a whole match (258 bytes, and the
+// 8 its copy may write past its end) fits in dst: none of huffmanTail's
+// checks for either end. The bit reader comes in and goes out by value,
+// and the tables by array pointer (masked lookups need no bounds check),
+// so that the loop's variables stay in registers.
+func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, lit *[litTableSize]uint32, dist *[distTableSize]uint32) (int, uint64, uint, int, int) {
 	const litMask = 1<<litTableBits - 1
 	const distMask = 1<<distTableBits - 1
-	buf, nb, in, src := r.buf, r.n, r.in, r.src
-	st := blockFull
-	for out < len(dst) {
+	outLimit := len(dst) - 258 - 8
+	inLimit := len(src) - 8
+	for out < outLimit {
 		// A length/distance pair takes at most 15+5+15+13 = 48 bits; a
 		// refill leaves at least 56.
 		if nb < 48 {
-			if in+8 > len(src) {
-				st = blockTail
+			if in > inLimit {
 				break
 			}
 			buf |= binary.LittleEndian.Uint64(src[in:in+8]) << nb
@@ -528,30 +500,28 @@ func huffmanFast(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, d
 		}
 		n := uint(e & entLen)
 		if e&entLiteral != 0 {
-			dst[out] = byte(e >> 16)
-			if e&entPair != 0 {
-				if out+1 < len(dst) {
-					dst[out+1] = byte(e >> 24)
-					out += 2
-					buf >>= n
-					nb -= n
-					continue
-				}
-				n = uint(e >> 8 & 15) // room for the first only
-			}
-			out++
 			buf >>= n
 			nb -= n
+			dst[out] = byte(e >> 16)
+			out++
+			// Literals come in runs: at least 33 bits are left, enough
+			// for a second one without going round the loop.
+			e = lit[buf&litMask]
+			if e&entLiteral == 0 {
+				continue // looked up again after the refill check
+			}
+			n = uint(e & entLen)
+			buf >>= n
+			nb -= n
+			dst[out] = byte(e >> 16)
+			out++
 			continue
 		}
 		if e&(entEOB|entBad) != 0 || n == 0 {
-			st = blockCorrupt
 			if e&entEOB != 0 {
-				buf >>= n
-				nb -= n
-				st = blockEnd
+				return out, buf >> n, nb - n, in, blockEnd
 			}
-			break
+			return out, buf, nb, in, blockCorrupt
 		}
 		xb := uint(e >> 8 & 15)
 		length := int(e>>16) + int(buf>>n&(1<<xb-1))
@@ -568,24 +538,23 @@ func huffmanFast(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, d
 		buf >>= n + xb
 		nb -= n + xb
 		if n == 0 || d&entBad != 0 || distance > out {
-			st = blockCorrupt
-			break
+			return out, buf, nb, in, blockCorrupt
 		}
 		// The match, LZ77-style (the source may overlap what is being
-		// written), in place: a call here would cost every iteration
-		// of the loop its registers.
-		end := min(out+length, len(dst))
+		// written), in place: a call here would cost every iteration of
+		// the loop its registers. Eight bytes at a time where each load
+		// reads only bytes already final (distance >= 8), and a run of
+		// one byte (zeroes, mostly) by words too; the last store may run
+		// up to 7 bytes past the match, into output that later symbols
+		// overwrite.
+		end := out + length
 		from := out - distance
 		switch {
-		case distance >= 8 && end+8 <= len(dst):
-			// Eight bytes at a time: each load reads only bytes already
-			// final (distance >= 8); the last store may run up to 7 bytes
-			// past end, into output that later symbols overwrite.
+		case distance >= 8:
 			for ; out < end; out, from = out+8, from+8 {
 				binary.LittleEndian.PutUint64(dst[out:], binary.LittleEndian.Uint64(dst[from:]))
 			}
-		case distance == 1 && end+8 <= len(dst):
-			// A run of one byte (zeroes, mostly): eight at a time.
+		case distance == 1:
 			v := uint64(dst[from]) * 0x0101010101010101
 			for ; out < end; out += 8 {
 				binary.LittleEndian.PutUint64(dst[out:], v)
@@ -597,8 +566,7 @@ func huffmanFast(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, d
 		}
 		out = end
 	}
-	r.buf, r.n, r.in = buf, nb, in
-	return out, st
+	return out, buf, nb, in, blockTail
 }
 
 // huffmanTail finishes a block near the end of the input, one field at a
@@ -618,11 +586,6 @@ func huffmanTail(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, d
 			e = lit[(e>>16)+uint32(r.buf>>litTableBits)&litSubMask]
 		}
 		n := uint(e & entLen)
-		if e&entPair != 0 {
-			// One symbol at a time here: the second needs its own
-			// end-of-input checks.
-			n = uint(e >> 8 & 15)
-		}
 		r.bits(n)
 		if r.consumed() {
 			return out, errInflateInput
