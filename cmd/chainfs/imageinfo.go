@@ -114,6 +114,10 @@ type chainfsInfo struct {
 	// recorded name (format-specific data-file) resolved against the
 	// image's directory.
 	DataFilePath string `json:"data-file-path,omitempty"`
+	// Snapshots and Bitmaps say which files show the layer's internal
+	// snapshots and persistent bitmaps (inner.go).
+	Snapshots []snapshotFiles `json:"snapshots,omitempty"`
+	Bitmaps   []bitmapFiles   `json:"bitmaps,omitempty"`
 }
 
 // describeChain says of every layer of chain, top first, what
@@ -152,6 +156,7 @@ func describeLayer(l *layers.Layer, filename string) imageInfo {
 		i.ClusterSize = l.ClusterSize
 		i.DirtyFlag = h.IncompatibleFeatures&layers.IncompatDirty != 0
 		i.FormatSpecific = &formatSpecific{Type: "qcow2", Data: describeQcow2(h)}
+		describeInner(l, &i)
 	}
 	return i
 }

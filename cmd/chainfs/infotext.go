@@ -92,6 +92,7 @@ func writeLayerText(b *bytes.Buffer, i *imageInfo) error {
 			fmt.Fprintf(b, "backing file format: %s\n", i.BackingFilenameFormat)
 		}
 	}
+	writeSnapshotList(b, i.Snapshots)
 	if err := writeSpecificText(b, i.FormatSpecific, 0); err != nil {
 		return err
 	}
@@ -137,6 +138,7 @@ func writeChainfsText(b *bytes.Buffer, c *chainfsInfo) {
 	if c.DataFilePath != "" {
 		fmt.Fprintf(b, "    data file path: %s\n", c.DataFilePath)
 	}
+	writeInnerText(b, c)
 }
 
 func diskSize(n *int64) string {
