@@ -181,20 +181,11 @@ func inflateAll(p []byte, off int64, exts []Run, n int) error {
 	return firstErr
 }
 
-// readCompressed copies the part of a compressed cluster that e covers.
+// readCompressed copies the part of a compressed cluster that e covers,
+// through the chain's cache of inflated clusters.
 func (l *Layer) readCompressed(buf []byte, e *Extent) error {
 	q := l.q
-	start := e.Offset & (q.csize - 1)
-	if start == 0 && int64(len(buf)) == q.csize {
-		return q.readCompressed(buf, e)
-	}
-	cl := clusterBufs.get(q.csize)
-	defer clusterBufs.put(cl)
-	if err := q.readCompressed(cl, e); err != nil {
-		return err
-	}
-	copy(buf, cl[start:])
-	return nil
+	return q.cache.clusters.read(q.qcow2Image, e, buf, e.Offset&(q.csize-1))
 }
 
 // clusterBufs pools cluster-sized scratch buffers by size.

@@ -28,7 +28,6 @@ type qcow2Image struct {
 	coffsetMask uint64
 
 	cache    *Cache
-	zcache   *clusterCache
 	prealloc struct {
 		once sync.Once
 		yes  bool
@@ -78,7 +77,6 @@ func newQcow2Image(f *HostFile, hdr *Header, data *HostFile, cache *Cache) *qcow
 	q.csizeShift = 62 - (q.cbits - 8)
 	q.csizeMask = 1<<(q.cbits-8) - 1
 	q.coffsetMask = 1<<q.csizeShift - 1
-	q.zcache = newClusterCache(q.csize)
 	return q
 }
 
