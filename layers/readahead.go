@@ -121,28 +121,24 @@ func (l *Layer) readAhead(off, n int64) bool {
 
 // aheadJobs appends the compressed clusters of [off, off+n) of l, with
 // its backing chain, to jobs, in guest order, and sets found when there
-// is any.
+// is any. It resolves the range as reads do (resolve.go), so a deep chain
+// is not walked layer by layer for it.
 func (l *Layer) aheadJobs(jobs *[]aheadJob, off, n int64, found *bool) {
 	if off >= l.Size {
 		return
 	}
 	n = min(n, l.Size-off)
-	sp := extentPool.Get().(*[]Extent)
-	defer extentPool.Put(sp)
-	exts, err := l.Status((*sp)[:0], off, n)
-	*sp = exts[:0]
+	sp := runPool.Get().(*[]Run)
+	defer runPool.Put(sp)
+	runs, err := l.resolveRead((*sp)[:0], off, off+n)
+	*sp = runs[:0]
 	if err != nil {
 		return
 	}
-	for _, e := range exts {
-		switch e.Kind {
-		case Compressed:
+	for _, r := range runs {
+		if r.Kind == Compressed {
 			*found = true
-			*jobs = append(*jobs, aheadJob{q: l.q.qcow2Image, ext: e})
-		case Unallocated:
-			if l.Backing != nil {
-				l.Backing.aheadJobs(jobs, e.Offset, e.Length, found)
-			}
+			*jobs = append(*jobs, aheadJob{q: r.Layer.q.qcow2Image, ext: r.Extent})
 		}
 	}
 }
