@@ -609,10 +609,6 @@ func appendOwn(dst []Run, l *Layer, ws, we int64, sc *scratch) ([]Run, error) {
 // holes says whether to split preallocated data at host holes.
 func appendDecided(dst []Run, l *Layer, exts []Extent, holes bool) []Run {
 	b := l.Backing
-	prealloc := false
-	if holes && l.q != nil {
-		prealloc, _ = l.q.metadataPreallocated() // QEMU treats a failed check as "no"
-	}
 	for _, e := range exts {
 		switch {
 		case e.Kind == Unallocated && b != nil:
@@ -626,13 +622,39 @@ func appendDecided(dst []Run, l *Layer, exts []Extent, holes bool) []Run {
 				}
 			}
 			dst = append(dst, Run{Extent: e, Layer: l})
-		case e.Kind == Data && prealloc:
-			dst = appendHostHoles(dst, l, e)
+		case e.Kind == Data && holes && l.q != nil:
+			dst = appendData(dst, l, e)
 		default:
 			dst = append(dst, Run{Extent: e, Layer: l})
 		}
 	}
 	return dst
+}
+
+// holeChecksFirst is how many data extents of an image are checked for
+// host holes before QEMU's preallocation guess is made for it.
+const holeChecksFirst = 32
+
+// appendData appends a data extent of l, split at host holes when QEMU
+// would report them (a metadata-preallocated image). The guess reads the
+// image's refcounts (qcow2_detect_metadata_preallocation), which a deep
+// chain would pay for every layer on its first map; yet it only matters
+// where a data cluster lies over a hole of the host file, which is rare
+// outside preallocated images. So the file is asked first, for an image's
+// first holeChecksFirst extents; the guess is made on the first hole, or
+// once that many extents have been asked about.
+func appendData(dst []Run, l *Layer, e Extent) []Run {
+	q := l.q
+	if q.holeChecks.Add(1) <= holeChecksFirst {
+		data, n, err := e.File.Allocation(e.HostOffset, e.Length)
+		if err != nil || n <= 0 || (data && n >= e.Length) {
+			return append(dst, Run{Extent: e, Layer: l}) // no hole: the same whatever the guess
+		}
+	}
+	if prealloc, _ := q.metadataPreallocated(); !prealloc { // QEMU treats a failed guess as "no"
+		return append(dst, Run{Extent: e, Layer: l})
+	}
+	return appendHostHoles(dst, l, e)
 }
 
 // appendHostHoles splits a data extent of a metadata-preallocated image
