@@ -159,7 +159,10 @@ func (l *Layer) Runs(off, length int64) iter.Seq2[Run, error] {
 			yield(Run{}, fmt.Errorf("%s: resolve negative range", l.Path))
 			return
 		}
-		end := min(off+length, l.Size)
+		end := l.Size
+		if length < l.Size-off {
+			end = off + length
+		}
 		var direct []Run
 		empty := newEmptyScan(l)
 		for off < end {
@@ -318,6 +321,9 @@ func (l *Layer) buildFlat(w int64) *flat {
 		}
 		var below []Run
 		if b := l.Backing; b != nil && ws < b.Size {
+			if b.res != r {
+				return &flat{direct: true} // windows of another size
+			}
 			bf := b.flatten(ws)
 			if bf.direct {
 				return &flat{direct: true}
