@@ -3,7 +3,6 @@ package layers
 import (
 	"fmt"
 	"io"
-	"runtime"
 	"sync"
 	"sync/atomic"
 )
@@ -134,10 +133,10 @@ func (l *Layer) read(p []byte, off int64) error {
 
 // inflateAll inflates the compressed clusters among exts into p. Inflating
 // is the one CPU-bound step of a read, so the clusters of one large read
-// are shared out among up to GOMAXPROCS goroutines.
+// are shared out among up to one goroutine per CPU.
 func (l *Layer) inflateAll(p []byte, off int64, exts []Extent, n int) error {
 	one := func(e *Extent) error { return l.readCompressed(p[e.Offset-off:e.End()-off], e) }
-	workers := min(n, runtime.GOMAXPROCS(0))
+	workers := min(n, cpus())
 	if workers <= 1 {
 		for i := range exts {
 			if exts[i].Kind == Compressed {
