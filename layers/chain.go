@@ -38,6 +38,10 @@ type Options struct {
 	// Cache holds the chain's metadata tables. Chains may share one; nil
 	// gives the chain its own of DefaultCacheBytes.
 	Cache *Cache
+	// ResolvedBytes is the budget of the chain's resolved views (what each
+	// layer reads as, through its backing chain, per window of guest
+	// space); 0 means DefaultResolvedBytes.
+	ResolvedBytes int64
 }
 
 func (o *Options) log() *slog.Logger {
@@ -161,6 +165,11 @@ func Open(path string, opts *Options) (*Chain, error) {
 			c.Layers[depth-1].Backing = l
 		}
 		if l.BackingFile == "" {
+			budget := opts.ResolvedBytes
+			if budget <= 0 {
+				budget = DefaultResolvedBytes
+			}
+			newResolver(c.Layers, budget)
 			return c, nil
 		}
 		if depth+1 >= maxDepth {
@@ -186,7 +195,12 @@ func Open(path string, opts *Options) (*Chain, error) {
 // (empty: external data files are refused). The image gets a cache of its
 // own and logs to slog.Default().
 func OpenImage(f *HostFile, format Format, dir string) (*Layer, error) {
-	return openLayer(f, format, dir, "", NewCache(DefaultCacheBytes), slog.Default())
+	l, err := openLayer(f, format, dir, "", NewCache(DefaultCacheBytes), slog.Default())
+	if err != nil {
+		return nil, err
+	}
+	newResolver([]*Layer{l}, DefaultResolvedBytes)
+	return l, nil
 }
 
 func openLayer(f *HostFile, format Format, dir, confine string, cache *Cache, log *slog.Logger) (*Layer, error) {

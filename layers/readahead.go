@@ -116,17 +116,27 @@ func (s *Stream) advance(off, n int64) (from, to int64) {
 // clusters. Errors are dropped: the read that needs the range meets them
 // and reports them.
 func (l *Layer) readAhead(off, n int64) bool {
+	if off >= l.Size {
+		return false
+	}
+	sp := runPool.Get().(*[]Run)
+	defer runPool.Put(sp)
+	runs, err := l.resolveRead((*sp)[:0], off, min(off+n, l.Size))
+	*sp = runs[:0]
+	if err != nil {
+		return false
+	}
 	var jobs []aheadJob
-	found := false
-	l.aheadJobs(&jobs, off, n, &found)
+	for _, r := range runs {
+		if r.Kind == Compressed {
+			jobs = append(jobs, aheadJob{q: r.Layer.q.qcow2Image, ext: r.Extent})
+		}
+	}
 	if len(jobs) == 0 {
-		return found
+		return false
 	}
 	c := jobs[0].q.cache
 	jobs = c.clusters.reserve(jobs)
-	if len(jobs) == 0 {
-		return true
-	}
 	workers := min(len(jobs), cpus())
 	var next sync.Mutex
 	i := 0
@@ -146,32 +156,4 @@ func (l *Layer) readAhead(off, n int64) bool {
 		}()
 	}
 	return true
-}
-
-// aheadJobs appends the compressed clusters of [off, off+n) of l, with
-// its backing chain, to jobs, in guest order, and sets found when there
-// is any.
-func (l *Layer) aheadJobs(jobs *[]aheadJob, off, n int64, found *bool) {
-	if off >= l.Size {
-		return
-	}
-	n = min(n, l.Size-off)
-	sp := extentPool.Get().(*[]Extent)
-	defer extentPool.Put(sp)
-	exts, err := l.Status((*sp)[:0], off, n)
-	*sp = exts[:0]
-	if err != nil {
-		return
-	}
-	for _, e := range exts {
-		switch e.Kind {
-		case Compressed:
-			*found = true
-			*jobs = append(*jobs, aheadJob{q: l.q.qcow2Image, ext: e})
-		case Unallocated:
-			if l.Backing != nil {
-				l.Backing.aheadJobs(jobs, e.Offset, e.Length, found)
-			}
-		}
-	}
 }

@@ -55,7 +55,11 @@
 #   W3R_RUNTIME=3  seconds per W3R fio run
 #   EXT4_SRC=DIR   the tree EXT4 puts in its filesystem (default: the
 #                  src directory of the Go that builds chainfs)
-#   WORKLOADS="W1 W2 W3 W4 W6 W3R DQ EXT4"   which to run
+#   WORKLOADS="W1 W2 W3 W4 W6 W3R DQ EXT4"   which to run; add DEEP for
+#                  the deep-chain measurements of tests/bench/deep.sh
+#                  (issue 13: ls -l, du -s, reads, maps, RSS and mount time
+#                  for chains of up to 256 layers), run first;
+#                  WORKLOADS=DEEP runs only those
 #   RT=1           run the daemons and the measured commands at real-time
 #                  priority (chrt -r 50): on a machine others share, their
 #                  work then no longer preempts the measurement (it still
@@ -97,6 +101,12 @@ KEEP=${KEEP:-0}
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
 want() { case " $WORKLOADS " in *" $1 "*) return 0 ;; esac; return 1; }
+
+if want DEEP; then
+	bash tests/bench/deep.sh
+	WORKLOADS=$(echo " $WORKLOADS " | sed 's/ DEEP / /g')
+	[ -n "${WORKLOADS// /}" ] || exit 0
+fi
 
 # ---------------------------------------------------------------- setup
 
