@@ -230,6 +230,12 @@ func (q *qcow2Image) readCompressed(dst []byte, ext *Extent) error {
 	if c := q.zcache.get(ext.HostOffset, dst); c {
 		return nil
 	}
+	if ext.HostOffset >= q.file.Size() {
+		// QEMU reads zeroes there, which never inflate: the read fails
+		// in both, and this says why.
+		return corrupt(q.name, "compressed cluster for guest offset %#x at %#x lies beyond end of file (%#x)",
+			ext.Offset&^(q.csize-1), ext.HostOffset, q.file.Size())
+	}
 	// A descriptor's length is at most two clusters (its sector count has
 	// cluster_bits-8 bits), so one pooled buffer of that size always fits.
 	buf := clusterBufs.get(2 * q.csize)

@@ -3,6 +3,7 @@ package layers
 import (
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"sync"
 )
 
@@ -27,8 +28,12 @@ type qcow2Image struct {
 	csizeMask   uint64
 	coffsetMask uint64
 
-	cache    *Cache
-	zcache   *clusterCache
+	cache  *Cache
+	zcache *clusterCache
+	// strict makes the damage QEMU reads through an error (Options.Strict);
+	// damage counts and logs it either way.
+	strict   bool
+	damage   *damageLog
 	prealloc struct {
 		once sync.Once
 		yes  bool
@@ -43,20 +48,25 @@ type qcow2View struct {
 	*qcow2Image
 	size int64 // virtual size, rounded down to 512 as QEMU does
 	l1   []l1Entry
+	// scanned marks the L2 tables (by L1 index) already looked at for
+	// damage; damaged those that hold some (see damage.go).
+	scanned, damaged tableBits
 }
 
 // newQcow2Image derives the geometry of an image from its validated
 // header. data is the external data file (nil: guest data lives in f).
-func newQcow2Image(f *HostFile, hdr *Header, data *HostFile, cache *Cache) *qcow2Image {
+func newQcow2Image(f *HostFile, hdr *Header, data *HostFile, cache *Cache, strict bool, log *slog.Logger) *qcow2Image {
 	q := &qcow2Image{
-		name:  f.Name,
-		file:  f,
-		data:  f,
-		hdr:   hdr,
-		cbits: uint(hdr.ClusterBits),
-		csize: hdr.ClusterSize(),
-		extL2: hdr.ExtendedL2(),
-		cache: cache,
+		name:   f.Name,
+		file:   f,
+		data:   f,
+		hdr:    hdr,
+		cbits:  uint(hdr.ClusterBits),
+		csize:  hdr.ClusterSize(),
+		extL2:  hdr.ExtendedL2(),
+		cache:  cache,
+		strict: strict,
+		damage: newDamageLog(f.Name, log, strict),
 	}
 	if data != nil {
 		q.data = data
@@ -76,43 +86,56 @@ func newQcow2Image(f *HostFile, hdr *Header, data *HostFile, cache *Cache) *qcow
 
 // view reads an L1 table of l1Size entries at l1Offset and returns the
 // view of the image it maps, of the given virtual size. The caller has
-// checked the table against QEMU's limits and the file size, so the
-// allocation is bounded.
+// checked the table against QEMU's limits (qcow2_validate_table), so the
+// allocation is bounded. A table reaching past the end of the file reads
+// as zero there, as in QEMU (damage; an error when strict).
 func (q *qcow2Image) view(size int64, l1Offset uint64, l1Size uint32) (*qcow2View, error) {
+	if err := q.tablePastEOF(DamageL1Table, "L1 table", l1Offset, int64(l1Size)*8, fmt.Sprintf("%d entries", l1Size)); err != nil {
+		return nil, err
+	}
 	raw := make([]byte, int(l1Size)*8)
 	if len(raw) > 0 {
 		if _, err := q.file.ReadAt(raw, int64(l1Offset)); err != nil {
 			return nil, &FormatError{File: q.name, Msg: fmt.Sprintf("read L1 table at %#x", l1Offset), Err: err}
 		}
 	}
-	v := &qcow2View{qcow2Image: q, size: size &^ 511, l1: make([]l1Entry, l1Size)}
+	v := &qcow2View{qcow2Image: q, size: size &^ 511, l1: make([]l1Entry, l1Size),
+		scanned: newTableBits(int(l1Size)), damaged: newTableBits(int(l1Size))}
 	for i := range v.l1 {
 		v.l1[i] = l1Entry(binary.BigEndian.Uint64(raw[i*8:]))
 	}
+	v.noteL1Reserved(l1Offset)
 	return v, nil
 }
 
 // l2Table returns the L2 table of L1 index i, or nil when the L1 entry is
-// unallocated.
+// unallocated (qcow2_get_host_offset, l2_load). A table reaching past the
+// end of the file reads as zero there, as in QEMU; the first time a view
+// reads a table, its entries are looked at for damage.
 func (q *qcow2View) l2Table(i int64) ([]byte, error) {
 	off := q.l1[i].l2Offset()
-	if off == 0 {
-		return nil, nil
-	}
 	if off&uint64(q.csize-1) != 0 {
 		return nil, corrupt(q.name, "L2 table offset %#x (L1 index %d) is not cluster aligned", off, i)
 	}
-	if off+uint64(q.csize) > uint64(q.file.Size()) {
-		return nil, corrupt(q.name, "L2 table at %#x (L1 index %d) lies beyond end of file (%#x)", off, i, q.file.Size())
+	if q.strict {
+		if err := q.strictL1(i); err != nil {
+			return nil, err
+		}
 	}
-	if t := q.cache.get(q.file, int64(off)); t != nil {
-		return t, nil
+	if off == 0 {
+		return nil, nil
 	}
-	t := make([]byte, q.csize)
-	if _, err := q.file.ReadAt(t, int64(off)); err != nil {
-		return nil, &FormatError{File: q.name, Msg: fmt.Sprintf("read L2 table at %#x (L1 index %d)", off, i), Err: err}
+	t := q.cache.get(q.file, int64(off))
+	if t == nil {
+		t = make([]byte, q.csize)
+		if _, err := q.file.ReadAt(t, int64(off)); err != nil {
+			return nil, &FormatError{File: q.name, Msg: fmt.Sprintf("read L2 table at %#x (L1 index %d)", off, i), Err: err}
+		}
+		q.cache.put(q.file, int64(off), t)
 	}
-	q.cache.put(q.file, int64(off), t)
+	if q.scanned.set(i) {
+		q.scanL2(i, off, t)
+	}
 	return t, nil
 }
 
@@ -128,13 +151,14 @@ func (q *qcow2View) status(dst []Extent, off, length int64) ([]Extent, error) {
 	for off < end {
 		l1i := off >> q.spanBits
 		spanEnd := min((l1i+1)<<q.spanBits, end)
-		if l1i >= int64(len(q.l1)) {
-			return dst, corrupt(q.name, "guest offset %#x lies beyond the L1 table", off)
+		var table []byte
+		if l1i < int64(len(q.l1)) { // past the L1 table, QEMU reads unallocated
+			var err error
+			if table, err = q.l2Table(l1i); err != nil {
+				return dst, err
+			}
 		}
-		table, err := q.l2Table(l1i)
-		if err != nil {
-			return dst, err
-		}
+		strictTable := q.strict && table != nil && q.damaged.has(l1i)
 		if table == nil {
 			dst = appendExtent(dst, Extent{Offset: off, Length: spanEnd - off, Kind: Unallocated})
 			off = spanEnd
@@ -149,6 +173,11 @@ func (q *qcow2View) status(dst []Extent, off, length int64) ([]Extent, error) {
 			}
 			clusterStart := off &^ (q.csize - 1)
 			clusterEnd := min(clusterStart+q.csize, spanEnd)
+			if strictTable {
+				if err := q.strictL2Entry(e, bitmap, clusterStart, l2i, l1i); err != nil {
+					return dst, err
+				}
+			}
 			if e.compressed() {
 				ext, err := q.compressedExtent(e, clusterStart, l2i, l1i)
 				if err != nil {
@@ -200,7 +229,10 @@ func (q *qcow2View) status(dst []Extent, off, length int64) ([]Extent, error) {
 }
 
 // setHost fills in the host offset of a subcluster that has one, after the
-// checks qcow2_get_host_offset makes (block/qcow2-cluster.c).
+// checks qcow2_get_host_offset makes (block/qcow2-cluster.c). A data
+// cluster past the end of its file is no error there: QEMU reads it as
+// zeroes (damage, noted when its L2 table was first read; an error for the
+// bytes past the end when strict).
 func (q *qcow2View) setHost(ext *Extent, e l2Entry, off, l2i, l1i int64) error {
 	host := e.hostOffset()
 	if host&uint64(q.csize-1) != 0 {
@@ -208,14 +240,13 @@ func (q *qcow2View) setHost(ext *Extent, e l2Entry, off, l2i, l1i int64) error {
 			host, off&^(q.csize-1), q.l1[l1i].l2Offset(), l2i)
 	}
 	inCluster := uint64(off & (q.csize - 1))
-	if q.data != q.file {
-		if host != uint64(off)-inCluster {
-			return corrupt(q.name, "external data file cluster offset %#x does not match guest offset %#x (L2 index %d)",
-				host, off-int64(inCluster), l2i)
-		}
-	} else if ext.Kind == Data && host >= uint64(q.file.Size()) {
-		return corrupt(q.name, "data cluster for guest offset %#x at %#x lies beyond end of file (%#x) (L2 table at %#x, index %d)",
-			off&^(q.csize-1), host, q.file.Size(), q.l1[l1i].l2Offset(), l2i)
+	if q.data != q.file && host != uint64(off)-inCluster {
+		return corrupt(q.name, "external data file cluster offset %#x does not match guest offset %#x (L2 index %d)",
+			host, off-int64(inCluster), l2i)
+	}
+	if q.strict && ext.Kind == Data && host+inCluster+uint64(ext.Length) > uint64(q.data.Size()) {
+		return corrupt(q.data.Name, "data cluster for guest offset %#x at %#x lies beyond end of file (%#x) (L2 table at %#x, index %d)",
+			off&^(q.csize-1), host, q.data.Size(), q.l1[l1i].l2Offset(), l2i)
 	}
 	ext.File = q.data
 	ext.HostOffset = int64(host + inCluster)
@@ -223,7 +254,9 @@ func (q *qcow2View) setHost(ext *Extent, e l2Entry, off, l2i, l1i int64) error {
 }
 
 // compressedExtent decodes a compressed-cluster descriptor
-// (qcow2_parse_compressed_l2_entry).
+// (qcow2_parse_compressed_l2_entry). QEMU's block status does not look at
+// where the stream lies: one that starts past the end of the file still
+// maps (only reading it fails), unless strict.
 func (q *qcow2View) compressedExtent(e l2Entry, guest, l2i, l1i int64) (Extent, error) {
 	if q.data != q.file {
 		return Extent{}, corrupt(q.name, "compressed cluster for guest offset %#x in an image with an external data file (L2 index %d)", guest, l2i)
@@ -231,7 +264,7 @@ func (q *qcow2View) compressedExtent(e l2Entry, guest, l2i, l1i int64) (Extent, 
 	coff := uint64(e) & q.coffsetMask
 	sectors := (uint64(e)>>q.csizeShift)&q.csizeMask + 1
 	clen := int64(sectors*512) - int64(coff&511)
-	if coff >= uint64(q.file.Size()) {
+	if q.strict && coff >= uint64(q.file.Size()) {
 		return Extent{}, corrupt(q.name, "compressed cluster for guest offset %#x at %#x lies beyond end of file (%#x) (L2 table at %#x, index %d)",
 			guest, coff, q.file.Size(), q.l1[l1i].l2Offset(), l2i)
 	}

@@ -459,6 +459,18 @@ func ServeNBD(t testing.TB, path, format string, args ...string) (uri string, st
 // ServeNBD is the package's ServeNBD with q's qemu-nbd.
 func (q QEMU) ServeNBD(t testing.TB, path, format string, args ...string) (uri string, stop func()) {
 	t.Helper()
+	uri, stop, err := q.ServeNBDErr(t, path, format, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uri, stop
+}
+
+// ServeNBDErr is ServeNBD for an image qemu-nbd may refuse: it returns the
+// error (with qemu-nbd's stderr) instead of failing the test. A missing
+// tool or a server that never answers still fails the test.
+func (q QEMU) ServeNBDErr(t testing.TB, path, format string, args ...string) (uri string, stop func(), err error) {
+	t.Helper()
 	lookPath(t, "nbdinfo")
 	bin := q.tool(t, "qemu-nbd")
 	sockDir, err := os.MkdirTemp("", "nbd")
@@ -505,13 +517,13 @@ func (q QEMU) ServeNBD(t testing.TB, path, format string, args ...string) (uri s
 		c, err := net.Dial("unix", sock)
 		if err == nil {
 			c.Close()
-			return "nbd+unix:///?socket=" + sock, stop
+			return "nbd+unix:///?socket=" + sock, stop, nil
 		}
 		select {
 		case err := <-exited:
 			exited <- err // let stop see it
 			stop()
-			t.Fatalf("%s: exited before serving (%v)\nstderr:\n%s", commandLine("qemu-nbd", full), err, stderr.String())
+			return "", nil, fmt.Errorf("%s: exited before serving (%v)\nstderr:\n%s", commandLine("qemu-nbd", full), err, stderr.String())
 		case <-time.After(5 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
