@@ -23,13 +23,19 @@ type chainFlags struct {
 	format     string
 	layer      int
 	forceShare bool
+	strict     bool
 	limits     limitFlags
 }
+
+// strictUsage describes --strict, for every command that has it.
+const strictUsage = "fail reads (and refuse images) where QEMU reads through damage that qemu-img check reports: " +
+	"tables or clusters past the end of their file, reserved bits (default: read as QEMU does, and log it)"
 
 func (c *chainFlags) register(fs *flag.FlagSet, withLayer bool) {
 	fs.StringVar(&c.format, "format", "", "`FORMAT` of IMAGE: qcow2 or raw (default: probe)")
 	fs.BoolVar(&c.forceShare, "U", false, "same as --force-share")
 	fs.BoolVar(&c.forceShare, "force-share", false, "ignore QEMU's image locks, as qemu-img -U (read even while a VM writes)")
+	fs.BoolVar(&c.strict, "strict", false, strictUsage)
 	c.limits.register(fs)
 	if withLayer {
 		fs.IntVar(&c.layer, "layer", 0, "the layer `N` to show: 0 is IMAGE, 1 its backing file, ...")
@@ -93,7 +99,7 @@ func (c *chainFlags) open(fs *flag.FlagSet, args []string, stderr io.Writer) (*l
 	log.SetOutput(stderr)
 	log.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true, DisableColors: true})
 	chain, err := layers.Open(pos[0], &layers.Options{Format: f, Log: slogrus.New(log), ForceShare: c.forceShare,
-		Confine: c.limits.confine, MaxDepth: c.limits.maxDepth})
+		Confine: c.limits.confine, MaxDepth: c.limits.maxDepth, Strict: c.strict})
 	if err != nil {
 		fmt.Fprintf(stderr, "chainfs %s: %v\n", fs.Name(), err)
 		return nil, exitImage

@@ -31,6 +31,7 @@ MOUNTPOINT" (or fusermount3 -u). -o takes mount options, comma-separated:
   noexec, exec, auto_unmount  passed to fusermount3
   debug                    same as --debug-fuse
   force_share              same as --force-share
+  strict                   same as --strict
   confine=DIR              same as --confine DIR
   max_depth=N              same as --max-depth N
   ro, rw, defaults, nofail, _netdev, noauto, user, users, dev, suid, atime...
@@ -43,11 +44,11 @@ options:`
 func cmdMount(args []string, stderr io.Writer) int {
 	fset := newFlagSet("mount", mountSynopsis, stderr)
 	var (
-		fg, debugFuse, forceShare bool
-		format                    string
-		opts                      optList
-		lf                        logFlags
-		limits                    limitFlags
+		fg, debugFuse, forceShare, strict bool
+		format                            string
+		opts                              optList
+		lf                                logFlags
+		limits                            limitFlags
 	)
 	fset.BoolVar(&fg, "f", false, "stay in the foreground (serve until SIGINT/SIGTERM or unmount)")
 	fset.BoolVar(&fg, "foreground", false, "same as -f")
@@ -56,6 +57,7 @@ func cmdMount(args []string, stderr io.Writer) int {
 	fset.BoolVar(&debugFuse, "debug-fuse", false, "log every FUSE request and reply (the wire trace)")
 	fset.BoolVar(&forceShare, "U", false, "same as --force-share")
 	fset.BoolVar(&forceShare, "force-share", false, "ignore QEMU's image locks, as qemu-img -U: mount even while a VM writes to the image (reads may then be torn)")
+	fset.BoolVar(&strict, "strict", false, strictUsage)
 	limits.register(fset)
 	lf.register(fset)
 	pos, err := parseArgs(fset, args)
@@ -92,6 +94,7 @@ func cmdMount(args []string, stderr io.Writer) int {
 	}
 	mo.fs.Debug = mo.fs.Debug || debugFuse
 	mo.forceShare = mo.forceShare || forceShare
+	mo.strict = mo.strict || strict
 
 	ready, err := readyPipe()
 	if err != nil {
@@ -163,7 +166,7 @@ func (s *server) run(lf *logFlags) int {
 	signal.Ignore(syscall.SIGPIPE)
 
 	chain, err := layers.Open(s.image, &layers.Options{Format: s.format, Log: slogrus.New(log), ForceShare: s.opts.forceShare,
-		Confine: s.limits.confine, MaxDepth: s.limits.maxDepth})
+		Confine: s.limits.confine, MaxDepth: s.limits.maxDepth, Strict: s.opts.strict})
 	if err != nil {
 		return s.fail(exitImage, err)
 	}
