@@ -8,9 +8,16 @@
 //     it says "data": true;
 //   - N-name.map.json: what `qemu-img map --output=json` prints for it;
 //   - N-name.depth: what `nbdinfo --map=qemu:allocation-depth` prints for
-//     it served by `qemu-nbd -A`.
+//     it served by `qemu-nbd -A`;
+//   - N-name@SNAP.raw, .map.json and .depth: the same three for each
+//     internal snapshot SNAP of the layer (the disk as the snapshot
+//     recorded it, read with the layer's backing chain);
+//   - N-name.B.bitmap: what `nbdinfo --map=qemu:dirty-bitmap:B` prints
+//     for each persistent dirty bitmap B of the layer served by
+//     `qemu-nbd -B B`.
 //
-// name is the base name of the layer's image file. The tree is fixed at
+// name is the base name of the layer's image file; SNAP and B are escaped
+// as names.go says. The tree is fixed at
 // mount time, and the images cannot change under the mount, so the kernel
 // is told to cache names, attributes and data for long.
 //

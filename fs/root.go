@@ -26,6 +26,7 @@ type rootNode struct {
 	chain *layers.Chain
 	log   logrus.FieldLogger
 	attr  hostAttr // of the opened image
+	files int      // regular files in the tree, for statfs
 }
 
 // NewRoot returns the root node of a filesystem showing chain. The chain
@@ -40,11 +41,12 @@ func NewRoot(chain *layers.Chain, opts *Options) gofs.InodeEmbedder {
 
 // OnAdd builds the whole tree: persistent inodes, so the kernel forgetting
 // them drops nothing, with inode numbers derived from the layer index, so
-// they are the same on every mount of the chain.
+// they are the same on every mount of the chain. Each layer's own three
+// files come first, then those of its snapshots and bitmaps (inner.go).
 func (r *rootNode) OnAdd(ctx context.Context) {
 	for _, l := range r.chain.Layers {
 		attr := statHost(l, r.log)
-		base := filepath.Base(l.Path)
+		base := layerBase(l)
 		ino := 2 + uint64(l.Index)*filesPerLayer
 		add := func(suffix string, node gofs.InodeEmbedder, i uint64) {
 			name := entryName(l.Index, base, suffix)
@@ -57,8 +59,13 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 		add(".raw", &rawNode{file: f.named(entryName(l.Index, base, ".raw"))}, 0)
 		add(".map.json", &genNode{file: f.named(entryName(l.Index, base, ".map.json")), gen: status.WriteMapJSON}, 1)
 		add(".depth", &genNode{file: f.named(entryName(l.Index, base, ".depth")), gen: status.WriteDepth}, 2)
+		r.files += filesPerLayer
+		r.addInner(ctx, l, attr)
 	}
 }
+
+// layerBase is the name of a layer's files: its image file's base name.
+func layerBase(l *layers.Layer) string { return filepath.Base(l.Path) }
 
 // entryName is "N-base.suffix", with base shortened in the middle if the
 // name would pass NAME_MAX (the kernel refuses longer names at lookup).
@@ -123,7 +130,7 @@ func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errn
 	out.Bsize = bsize
 	out.Frsize = bsize
 	out.Blocks = total
-	out.Files = uint64(1 + filesPerLayer*len(r.chain.Layers))
+	out.Files = uint64(1 + r.files)
 	out.NameLen = 255
 	return 0
 }

@@ -1,8 +1,7 @@
 package layers
 
 import (
-	"container/list"
-	"sync"
+	"github.com/chainfs/chainfs/internal/lru"
 )
 
 // Cache holds metadata tables read from image files (L2 tables, for now)
@@ -12,7 +11,7 @@ import (
 // of one file (its current state and its internal snapshots) share them.
 // It is safe for concurrent use.
 type Cache struct {
-	shards [cacheShards]cacheShard
+	tables *lru.Cache[cacheKey, []byte]
 }
 
 // DefaultCacheBytes is the budget of the cache Open makes when
@@ -20,95 +19,33 @@ type Cache struct {
 // clusters.
 const DefaultCacheBytes = 16 << 20
 
-// cacheShards spreads lookups over independent locks: many FUSE requests
-// in flight resolve L2 entries at the same time.
-const cacheShards = 16
-
-// NewCache returns a cache that holds at most budget bytes of tables (at
-// least one table per shard, whatever the budget).
+// NewCache returns a cache that holds at most budget bytes of tables (and
+// at least the last table read, whatever the budget).
 func NewCache(budget int64) *Cache {
-	c := &Cache{}
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.budget = max(budget/cacheShards, 1)
-		s.ll = list.New()
-		s.items = make(map[cacheKey]*list.Element)
-	}
-	return c
+	return &Cache{tables: lru.New[cacheKey, []byte](budget)}
 }
 
+// cacheKey names a table by its file and offset. The file is part of the
+// shard hash: the layers of a chain made by the same tool keep their
+// tables at the same offsets.
 type cacheKey struct {
 	file *HostFile
 	off  int64
 }
 
-type cacheEntry struct {
-	key cacheKey
-	buf []byte
-}
-
-type cacheShard struct {
-	mu     sync.Mutex
-	budget int64
-	used   int64
-	ll     *list.List
-	items  map[cacheKey]*list.Element
-}
-
-func (c *Cache) shard(k cacheKey) *cacheShard {
-	// Fibonacci hashing: tables are cluster aligned, so the low bits of
-	// the offset say nothing; the top bits of the product mix them all.
-	h := uint64(k.off) * 0x9e3779b97f4a7c15
-	return &c.shards[h>>60]
-}
-
 // get returns the table cached for (f, off), or nil.
 func (c *Cache) get(f *HostFile, off int64) []byte {
-	k := cacheKey{f, off}
-	s := c.shard(k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if el, ok := s.items[k]; ok {
-		s.ll.MoveToFront(el)
-		return el.Value.(*cacheEntry).buf
-	}
-	return nil
+	t, _ := c.tables.Get(cacheKey{f, off})
+	return t
 }
 
 // put caches buf, which the caller must not modify afterwards, for (f, off),
 // evicting the least recently used tables beyond the budget.
 func (c *Cache) put(f *HostFile, off int64, buf []byte) {
-	k := cacheKey{f, off}
-	s := c.shard(k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if el, ok := s.items[k]; ok {
-		s.ll.MoveToFront(el)
-		return
-	}
-	s.items[k] = s.ll.PushFront(&cacheEntry{k, buf})
-	s.used += int64(len(buf))
-	for s.used > s.budget && s.ll.Len() > 1 {
-		old := s.ll.Back()
-		e := old.Value.(*cacheEntry)
-		s.ll.Remove(old)
-		delete(s.items, e.key)
-		s.used -= int64(len(e.buf))
-	}
+	c.tables.Put(cacheKey{f, off}, buf, int64(len(buf)))
 }
 
 // forget drops every entry of f, for a file that is being closed.
 func (c *Cache) forget(f *HostFile) {
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		for k, el := range s.items {
-			if k.file == f {
-				s.used -= int64(len(el.Value.(*cacheEntry).buf))
-				s.ll.Remove(el)
-				delete(s.items, k)
-			}
-		}
-		s.mu.Unlock()
-	}
+	c.tables.DeleteFunc(func(k cacheKey) bool { return k.file == f })
 }

@@ -261,6 +261,11 @@ func openLayer(f *HostFile, format Format, dir string, opts *Options, cache *Cac
 		// DecodeHeader checked the L1 table against QEMU's limits.
 		q, err = img.view(int64(hdr.Size), hdr.L1TableOffset, hdr.L1Size)
 	}
+	if err == nil {
+		// What QEMU reads of the image at open besides the header and
+		// the L1 table (snapshot.go, bitmap.go).
+		l.snaps, l.bitmaps, err = readSnapshotsAndBitmaps(img, q.size, log)
+	}
 	if err != nil {
 		if data != nil {
 			data.Close()
@@ -291,7 +296,10 @@ func warnCutNames(h *Header, name string, log *slog.Logger) {
 }
 
 // resolveBacking resolves a backing or data file name recorded in the
-// image at parent, as QEMU's path_combine does.
+// image at parent, as QEMU's path_combine does: a relative name is
+// appended, as text, to the directory part of parent. Not filepath.Join,
+// which cleans "dir/link/../base" to "dir/base" where the kernel (and so
+// QEMU) follows the symlink first and may reach another file.
 func resolveBacking(parent, name string) (string, error) {
 	if hasProtocol(name) {
 		return "", unsupported(parent, "backing file %q names a protocol; only local files are supported", name)
@@ -299,7 +307,7 @@ func resolveBacking(parent, name string) (string, error) {
 	if filepath.IsAbs(name) {
 		return name, nil
 	}
-	return filepath.Join(filepath.Dir(parent), name), nil
+	return parent[:strings.LastIndexByte(parent, '/')+1] + name, nil
 }
 
 // hasProtocol follows QEMU's path_has_protocol: a colon before any slash

@@ -195,8 +195,28 @@ func (l *Layer) Damage() DamageCounts {
 	return l.q.damage.snapshot()
 }
 
+// ScanDamage looks at every table of the layer for the damage QEMU reads
+// through, as reading all of it would (each L2 table its L1 table points
+// to, and the refcounts that QEMU's preallocation guess reads), and
+// returns the damage noted. It reads metadata only, as much as a map of
+// the whole layer; chainfs info --check uses it. Structures QEMU itself
+// refuses (a misaligned table) are skipped here: reads report them.
+func (l *Layer) ScanDamage() DamageCounts {
+	if l.q == nil {
+		return DamageCounts{}
+	}
+	q := l.q
+	span := int64(1) << q.spanBits
+	var exts []Extent
+	for off := int64(0); off < q.size; off += span {
+		exts, _ = q.status(exts[:0], off, span)
+	}
+	q.metadataPreallocated()
+	return l.Damage()
+}
+
 // tableBits is a bitset over L1 indexes, set atomically: which L2 tables of
-// a view were already looked at for damage, and which of those hold any.
+// a view were already looked at for damage.
 type tableBits []atomic.Uint64
 
 func newTableBits(n int) tableBits { return make(tableBits, (n+63)/64) }
@@ -205,10 +225,6 @@ func newTableBits(n int) tableBits { return make(tableBits, (n+63)/64) }
 func (b tableBits) set(i int64) bool {
 	m := uint64(1) << (i & 63)
 	return b[i>>6].Or(m)&m == 0
-}
-
-func (b tableBits) has(i int64) bool {
-	return b[i>>6].Load()&(uint64(1)<<(i&63)) != 0
 }
 
 // Where damage is noticed. Each function below looks at one structure the
@@ -237,29 +253,51 @@ func (q *qcow2Image) tablePastEOF(k DamageKind, what string, off uint64, n int64
 	return nil
 }
 
-// noteL1Reserved counts the L1 entries with reserved bits set (QEMU masks
-// them off; qemu-img check reports them), logging the first.
-func (v *qcow2View) noteL1Reserved(l1Offset uint64) {
-	var n, first int64 = 0, -1
-	for i, e := range v.l1 {
-		if e&l1ReservedBits != 0 {
-			if first < 0 {
-				first = int64(i)
-			}
-			n++
+// firstLook reports whether this is the first time the view looks at L1
+// entry i and its L2 table: the bit is set by whoever gets there first,
+// so each is noted exactly once however many reads race to it. The bits
+// are made on first use (views of snapshots are made elsewhere, and most
+// never read).
+func (v *qcow2View) firstLook(i int64) bool {
+	v.scannedOnce.Do(func() {
+		n := int64(len(v.l1))
+		if v.l1 == nil {
+			n = v.l1Size
 		}
+		v.scanned = newTableBits(int(max(n, i+1)))
+	})
+	if i>>6 >= int64(len(v.scanned)) {
+		return false // past the table: unallocated, nothing to note
 	}
-	if n > 0 {
-		v.damage.note(DamageReservedBits, n, fmt.Sprintf("%d L1 table entries have reserved bits set, QEMU ignores them (first: index %d, entry %#016x, guest offset %#x)",
-			n, first, uint64(v.l1[first]), first<<v.spanBits),
-			"structure", "L1 entry", "guest_offset", first<<v.spanBits, "host_offset", l1Offset+uint64(first)*8)
+	return v.scanned.set(i)
+}
+
+// noteL1Entry notes the damage of L1 entry i: reserved bits (QEMU masks
+// them off; qemu-img check reports them), and an L2 table reaching past
+// the end of the file (QEMU reads it as zero there: unallocated).
+func (v *qcow2View) noteL1Entry(i int64, e l1Entry) {
+	if e&l1ReservedBits != 0 {
+		v.damage.note(DamageReservedBits, 1, fmt.Sprintf("L1 entry %d (guest offset %#x) has reserved bits set (%#016x); QEMU ignores them", i, i<<v.spanBits, uint64(e)),
+			"structure", "L1 entry", "guest_offset", i<<v.spanBits, "host_offset", v.l1TableOffset()+uint64(i)*8)
 	}
+	if off := e.l2Offset(); off != 0 && off&uint64(v.csize-1) == 0 && off+uint64(v.csize) > uint64(v.file.Size()) {
+		v.damage.note(DamageL2Table, 1, fmt.Sprintf("L2 table at %#x (L1 index %d, guest offset %#x) reaches past end of file (%#x); reading it as zero there (unallocated), as QEMU does",
+			off, i, i<<v.spanBits, v.file.Size()),
+			"structure", "L2 table", "guest_offset", i<<v.spanBits, "host_offset", off)
+	}
+}
+
+// l1TableOffset is where the view's L1 table lies in the file.
+func (v *qcow2View) l1TableOffset() uint64 {
+	if v.l1 != nil {
+		return v.hdr.L1TableOffset
+	}
+	return v.l1Offset
 }
 
 // strictL1 makes the damage of L1 entry i an error: reserved bits, or an
 // L2 table reaching past the end of the file.
-func (v *qcow2View) strictL1(i int64) error {
-	e := v.l1[i]
+func (v *qcow2View) strictL1(i int64, e l1Entry) error {
 	if e&l1ReservedBits != 0 {
 		return corrupt(v.name, "L1 entry %#016x (index %d, guest offset %#x) has reserved bits set", uint64(e), i, i<<v.spanBits)
 	}
@@ -272,12 +310,10 @@ func (v *qcow2View) strictL1(i int64) error {
 // l2Damage tallies the damage of one L2 table: per kind, how many entries
 // and the first one.
 type l2Damage struct {
-	n            [numDamageKinds]int64
-	guest, host  [numDamageKinds]int64
-	entry        [numDamageKinds]uint64
-	index        [numDamageKinds]int64
-	any          bool
-	tablePastEOF bool
+	n           [numDamageKinds]int64
+	guest, host [numDamageKinds]int64
+	entry       [numDamageKinds]uint64
+	index       [numDamageKinds]int64
 }
 
 func (d *l2Damage) add(k DamageKind, guest, host int64, e uint64, l2i int64) {
@@ -285,19 +321,15 @@ func (d *l2Damage) add(k DamageKind, guest, host int64, e uint64, l2i int64) {
 		d.guest[k], d.host[k], d.entry[k], d.index[k] = guest, host, e, l2i
 	}
 	d.n[k]++
-	d.any = true
 }
 
 // scanL2 looks at the L2 table t of L1 index i (at host offset off) for
-// the damage QEMU reads through, counts and logs it, and marks the table
-// damaged for strict reads. Entries QEMU refuses (misaligned offsets,
-// invalid bitmaps) are left to the reads that meet them.
+// the damage QEMU reads through, and counts and logs it. Entries QEMU
+// refuses (misaligned offsets, invalid bitmaps) are left to the reads that
+// meet them; strict mode checks each entry as it reads it.
 func (v *qcow2View) scanL2(i int64, off uint64, t []byte) {
 	var d l2Damage
 	fsize := v.file.Size()
-	if off+uint64(v.csize) > uint64(fsize) {
-		d.tablePastEOF = true
-	}
 	entrySize := int64(8)
 	if v.extL2 {
 		entrySize = 16
@@ -337,10 +369,7 @@ func (v *qcow2View) scanL2(i int64, off uint64, t []byte) {
 			}
 		}
 	}
-	if d.any {
-		v.damaged.set(i)
-	}
-	v.reportL2(i, off, &d)
+	v.reportL2(off, &d)
 }
 
 // readsHost reports whether a read of some part of the cluster of entry e
@@ -358,12 +387,7 @@ func (v *qcow2View) readsHost(e l2Entry, bitmap uint64) bool {
 }
 
 // reportL2 counts and logs what scanL2 found, one warning per kind.
-func (v *qcow2View) reportL2(i int64, off uint64, d *l2Damage) {
-	if d.tablePastEOF {
-		v.damage.note(DamageL2Table, 1, fmt.Sprintf("L2 table at %#x (L1 index %d, guest offset %#x) reaches past end of file (%#x); reading it as zero there (unallocated), as QEMU does",
-			off, i, i<<v.spanBits, v.file.Size()),
-			"structure", "L2 table", "guest_offset", i<<v.spanBits, "host_offset", off)
-	}
+func (v *qcow2View) reportL2(off uint64, d *l2Damage) {
 	for k := range d.n {
 		n := d.n[k]
 		if n == 0 {
@@ -395,7 +419,7 @@ func (v *qcow2View) reportL2(i int64, off uint64, d *l2Damage) {
 }
 
 // strictL2Entry makes the damage of one L2 entry that is not about file
-// ends an error, for strict reads of a table scanL2 found damaged.
+// ends an error, for strict reads.
 func (v *qcow2View) strictL2Entry(e l2Entry, bitmap uint64, guest, l2i, l1i int64) error {
 	switch {
 	case e.compressed() && (e.copied() || bitmap != 0):

@@ -360,13 +360,13 @@ func refusedByQEMURows() []brokenRow {
 			imagetest.PatchBE64(t, p, 8, uint64(endMarker(t, p)+4)) // the end marker no longer fits
 			imagetest.PatchBE32(t, p, 16, 0)
 		}),
-		header("snapshot table offset not cluster aligned, no snapshots", "header: snapshot table offset 0x200 is invalid", func(t *testing.T, p string) {
+		header("snapshot table offset not cluster aligned, no snapshots", "header: snapshot table offset invalid: 0x200 is not a cluster-aligned file offset", func(t *testing.T, p string) {
 			imagetest.PatchBE64(t, p, 64, 0x200)
 		}),
-		header("snapshot table offset past 2^63, no snapshots", "header: snapshot table offset 0x8000000000000000 is invalid", func(t *testing.T, p string) {
+		header("snapshot table offset past 2^63, no snapshots", "header: snapshot table offset invalid: 0x8000000000000000 is not a cluster-aligned file offset", func(t *testing.T, p string) {
 			imagetest.PatchBE64(t, p, 64, 1<<63)
 		}),
-		header("more snapshots than QEMU allows", "header: 65537 snapshots exceed QEMU's limit", func(t *testing.T, p string) {
+		header("more snapshots than QEMU allows", "header: snapshot table too large: 65537 snapshots exceed QEMU's limit", func(t *testing.T, p string) {
 			imagetest.PatchBE32(t, p, 60, 65537)
 		}),
 		header("no refcount table", "header: no reference count table (refcount_table_clusters is 0)", func(t *testing.T, p string) {

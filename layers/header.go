@@ -1,7 +1,6 @@
 package layers
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -19,8 +18,6 @@ const (
 	maxL1Bytes = 32 << 20
 	// maxRefcountTableBytes is QCOW_MAX_REFTABLE_SIZE.
 	maxRefcountTableBytes = 8 << 20
-	maxSnapshots          = 65536
-	snapshotHeaderLen     = 40 // sizeof(QCowSnapshotHeader)
 	maxBackingNameLen     = 1023
 	maxBackingFmtLen      = 16 // sizeof(BlockDriverState.backing_format)
 	v2HeaderLen           = 72
@@ -42,6 +39,9 @@ const (
 	IncompatExtendedL2  = 1 << 4
 	knownIncompat       = IncompatDirty | IncompatCorrupt | IncompatDataFile |
 		IncompatCompression | IncompatExtendedL2
+
+	// Compatible feature bits.
+	CompatLazyRefcounts = 1 << 0
 
 	// Autoclear feature bits.
 	AutoclearBitmaps     = 1 << 0
@@ -87,6 +87,11 @@ type Header struct {
 	// table; type 0 incompatible, 1 compatible, 2 autoclear.
 	FeatureNames map[uint16]string
 	HasBitmaps   bool
+	// The bitmaps extension (bitmap.go), set when the bitmaps autoclear
+	// bit is: QEMU ignores the extension without it.
+	NbBitmaps             uint32
+	BitmapDirectorySize   uint64
+	BitmapDirectoryOffset uint64
 
 	backingFmtCut bool // the backing format extension held a NUL
 }
@@ -99,6 +104,9 @@ func (h *Header) ExtendedL2() bool { return h.IncompatibleFeatures&IncompatExten
 
 // ExternalData reports whether guest data lives in an external data file.
 func (h *Header) ExternalData() bool { return h.IncompatibleFeatures&IncompatDataFile != 0 }
+
+// LazyRefcounts reports the lazy_refcounts compatible feature bit.
+func (h *Header) LazyRefcounts() bool { return h.CompatibleFeatures&CompatLazyRefcounts != 0 }
 
 // DataFileRaw reports the data_file_raw autoclear bit.
 func (h *Header) DataFileRaw() bool { return h.AutoclearFeatures&AutoclearDataFileRaw != 0 }
@@ -235,7 +243,7 @@ func DecodeHeader(name string, r io.ReaderAt, fileSize int64) (*Header, error) {
 		if h.BackingFileSize > maxBackingNameLen || uint64(h.BackingFileSize) > cs-h.BackingFileOffset {
 			return nil, corrupt(name, "header: backing file name of %d bytes at %#x is too long", h.BackingFileSize, h.BackingFileOffset)
 		}
-		h.BackingFile = cString(first[h.BackingFileOffset : h.BackingFileOffset+uint64(h.BackingFileSize)])
+		h.BackingFile = cString(string(first[h.BackingFileOffset : h.BackingFileOffset+uint64(h.BackingFileSize)]))
 	}
 	return h, nil
 }
@@ -260,11 +268,8 @@ func (h *Header) checkTables(name string, cs uint64) error {
 	if h.RefcountTableOffset+reftable > maxQEMURead {
 		return corrupt(name, "header: refcount table at %#x lies beyond what QEMU's block layer reads (%#x)", h.RefcountTableOffset, uint64(maxQEMURead))
 	}
-	if h.NbSnapshots > maxSnapshots {
-		return corrupt(name, "header: %d snapshots exceed QEMU's limit of %d", h.NbSnapshots, maxSnapshots)
-	}
-	if h.SnapshotsOffset%cs != 0 || h.SnapshotsOffset > math.MaxInt64-uint64(h.NbSnapshots)*snapshotHeaderLen {
-		return corrupt(name, "header: snapshot table offset %#x is invalid", h.SnapshotsOffset)
+	if err := h.checkSnapshotTable(name); err != nil {
+		return err
 	}
 	if uint64(h.L1Size)*8 > maxL1Bytes {
 		return corrupt(name, "header: L1 table of %d entries is larger than QEMU's limit of %d bytes", h.L1Size, maxL1Bytes)
@@ -314,13 +319,13 @@ func (h *Header) decodeExtensions(name string, first []byte, start, end uint64) 
 			if length >= maxBackingFmtLen {
 				return corrupt(name, "backing format extension at %#x: length %d, QEMU allows at most %d", off, length, maxBackingFmtLen-1)
 			}
-			h.BackingFormat = cString(payload)
+			h.BackingFormat = cString(string(payload))
 			h.backingFmtCut = len(h.BackingFormat) < len(payload)
 		case extFeatureNames:
 			h.FeatureNames = make(map[uint16]string)
 			for i := 0; i+48 <= len(payload); i += 48 {
 				t, b := payload[i], payload[i+1]
-				h.FeatureNames[uint16(t)<<8|uint16(b)] = cString(payload[i+2 : i+48])
+				h.FeatureNames[uint16(t)<<8|uint16(b)] = cString(string(payload[i+2 : i+48]))
 			}
 		case extBitmaps:
 			h.HasBitmaps = true
@@ -333,19 +338,11 @@ func (h *Header) decodeExtensions(name string, first []byte, start, end uint64) 
 				return corrupt(name, "crypto header extension at %#x in an image that is not LUKS-encrypted", off)
 			}
 		case extDataFile:
-			h.DataFile = cString(payload)
+			h.DataFile = cString(string(payload))
 		}
 		off = data + (length+7)&^7
 	}
 	return nil
-}
-
-// cString returns b up to its first NUL, as C code reads a name.
-func cString(b []byte) string {
-	if i := bytes.IndexByte(b, 0); i >= 0 {
-		b = b[:i]
-	}
-	return string(b)
 }
 
 // readPadded fills p from the start of r, a file of size bytes, reading
@@ -368,39 +365,4 @@ func readPadded(r io.ReaderAt, p []byte, size int64) error {
 		err = nil
 	}
 	return err
-}
-
-// Bitmap limits (QCOW2_MAX_BITMAPS, QCOW2_MAX_BITMAP_DIRECTORY_SIZE).
-const (
-	maxBitmaps      = 65535
-	maxBitmapDirLen = 1024 * maxBitmaps
-)
-
-// checkBitmapsExt makes the checks QEMU makes of the bitmaps extension
-// when it opens an image: a malformed one fails the open. Without the
-// bitmaps autoclear bit QEMU considers every bitmap inconsistent and
-// ignores the extension. chainfs does not read the bitmap directory.
-func (h *Header) checkBitmapsExt(name string, off uint64, p []byte) error {
-	if len(p) != 24 {
-		return corrupt(name, "bitmaps extension at %#x: length %d, not 24", off, len(p))
-	}
-	if h.AutoclearFeatures&AutoclearBitmaps == 0 {
-		return nil
-	}
-	be := binary.BigEndian
-	n, reserved := be.Uint32(p), be.Uint32(p[4:])
-	dirLen, dirOff := be.Uint64(p[8:]), be.Uint64(p[16:])
-	switch {
-	case reserved != 0:
-		return corrupt(name, "bitmaps extension at %#x: reserved field is %#x, not zero", off, reserved)
-	case n > maxBitmaps:
-		return corrupt(name, "bitmaps extension at %#x: %d bitmaps exceed QEMU's limit of %d", off, n, maxBitmaps)
-	case n == 0:
-		return corrupt(name, "bitmaps extension at %#x: no bitmaps", off)
-	case dirOff&(uint64(1)<<h.ClusterBits-1) != 0:
-		return corrupt(name, "bitmaps extension at %#x: bitmap directory offset %#x is not cluster aligned", off, dirOff)
-	case dirLen > maxBitmapDirLen:
-		return corrupt(name, "bitmaps extension at %#x: bitmap directory of %d bytes exceeds QEMU's limit of %d", off, dirLen, maxBitmapDirLen)
-	}
-	return nil
 }

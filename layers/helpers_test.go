@@ -160,6 +160,13 @@ func checkLayer(t *testing.T, l *layers.Layer) {
 	if newer := imagetest.Backports().ConvertRaw(t, l.Path, l.Format.String()); !bytes.Equal(newer, want) {
 		t.Fatalf("layer %d (%s): %s and %s convert it differently", l.Index, l.Path, imagetest.System.Name(t), imagetest.Backports().Name(t))
 	}
+	checkReads(t, l, want)
+}
+
+// checkReads compares everything l.ReadAt returns with want, what QEMU
+// reads: see checkLayer.
+func checkReads(t *testing.T, l *layers.Layer, want []byte) {
+	t.Helper()
 	if l.Size != int64(len(want)) {
 		t.Fatalf("layer %d (%s): Size %d, QEMU reads %d bytes", l.Index, l.Path, l.Size, len(want))
 	}
@@ -272,7 +279,13 @@ func firstDiff(a, b []byte) int {
 // one; and that ranges QEMU finds below the layer are unallocated in it.
 func checkStatusAgainstMap(t *testing.T, l *layers.Layer) {
 	t.Helper()
-	for _, e := range imagetest.QemuMap(t, l.Path, l.Format.String()) {
+	checkStatusAgainst(t, l, imagetest.QemuMap(t, l.Path, l.Format.String()))
+}
+
+// checkStatusAgainst is checkStatusAgainstMap with the map entries given.
+func checkStatusAgainst(t *testing.T, l *layers.Layer, entries []imagetest.MapEntry) {
+	t.Helper()
+	for _, e := range entries {
 		exts, err := l.Status(nil, e.Start, e.Length)
 		if err != nil {
 			t.Fatalf("layer %d (%s): Status(%#x, %#x): %v", l.Index, l.Path, e.Start, e.Length, err)

@@ -32,9 +32,14 @@ type Layer struct {
 	DataFile *HostFile
 	// Backing is the next layer down, or nil.
 	Backing *Layer
+	// Snapshot is the internal snapshot this layer shows (SnapshotLayer),
+	// nil for an image's current state.
+	Snapshot *Snapshot
 
-	q   *qcow2View
-	raw *rawImage
+	q       *qcow2View
+	raw     *rawImage
+	snaps   *snapshotTable   // snapshot.go
+	bitmaps *bitmapDirectory // bitmap.go
 }
 
 // Status appends to dst the extents of [off, off+length) as this layer

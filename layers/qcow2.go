@@ -47,10 +47,18 @@ type qcow2Image struct {
 type qcow2View struct {
 	*qcow2Image
 	size int64 // virtual size, rounded down to 512 as QEMU does
-	l1   []l1Entry
+	// l1 is the active L1 table, read at open. A snapshot's L1 table
+	// (l1 nil) stays on disk at l1Offset and is read a cluster at a time
+	// through the chain's cache (snapshotL1Entry): views of thousands of
+	// snapshots cost nothing until used, and never more than the cache's
+	// budget.
+	l1       []l1Entry
+	l1Offset uint64
+	l1Size   int64 // entries
 	// scanned marks the L2 tables (by L1 index) already looked at for
-	// damage; damaged those that hold some (see damage.go).
-	scanned, damaged tableBits
+	// damage (damage.go), made on first use.
+	scanned     tableBits
+	scannedOnce sync.Once
 }
 
 // newQcow2Image derives the geometry of an image from its validated
@@ -99,13 +107,31 @@ func (q *qcow2Image) view(size int64, l1Offset uint64, l1Size uint32) (*qcow2Vie
 			return nil, &FormatError{File: q.name, Msg: fmt.Sprintf("read L1 table at %#x", l1Offset), Err: err}
 		}
 	}
-	v := &qcow2View{qcow2Image: q, size: size &^ 511, l1: make([]l1Entry, l1Size),
-		scanned: newTableBits(int(l1Size)), damaged: newTableBits(int(l1Size))}
+	v := &qcow2View{qcow2Image: q, size: size &^ 511, l1: make([]l1Entry, l1Size)}
 	for i := range v.l1 {
 		v.l1[i] = l1Entry(binary.BigEndian.Uint64(raw[i*8:]))
 	}
-	v.noteL1Reserved(l1Offset)
 	return v, nil
+}
+
+// l1Entry returns L1 entry i. An index past the end of the table is an
+// unallocated entry: QEMU pads a snapshot's shorter L1 table with zeroes
+// when it applies it, and qcow2_get_host_offset reads an index past
+// l1_size as unallocated.
+func (q *qcow2View) l1Entry(i int64) (l1Entry, error) {
+	if q.l1 != nil || q.l1Size == 0 {
+		if i >= int64(len(q.l1)) {
+			return 0, nil
+		}
+		return q.l1[i], nil
+	}
+	return q.snapshotL1Entry(i)
+}
+
+// l2Offset is the L2 table offset of L1 entry i, for error messages.
+func (q *qcow2View) l2Offset(i int64) uint64 {
+	e, _ := q.l1Entry(i)
+	return e.l2Offset()
 }
 
 // l2Table returns the L2 table of L1 index i, or nil when the L1 entry is
@@ -113,12 +139,20 @@ func (q *qcow2Image) view(size int64, l1Offset uint64, l1Size uint32) (*qcow2Vie
 // end of the file reads as zero there, as in QEMU; the first time a view
 // reads a table, its entries are looked at for damage.
 func (q *qcow2View) l2Table(i int64) ([]byte, error) {
-	off := q.l1[i].l2Offset()
+	l1e, err := q.l1Entry(i)
+	if err != nil {
+		return nil, err
+	}
+	off := l1e.l2Offset()
 	if off&uint64(q.csize-1) != 0 {
 		return nil, corrupt(q.name, "L2 table offset %#x (L1 index %d) is not cluster aligned", off, i)
 	}
+	first := q.firstLook(i)
+	if first {
+		q.noteL1Entry(i, l1e)
+	}
 	if q.strict {
-		if err := q.strictL1(i); err != nil {
+		if err := q.strictL1(i, l1e); err != nil {
 			return nil, err
 		}
 	}
@@ -133,7 +167,7 @@ func (q *qcow2View) l2Table(i int64) ([]byte, error) {
 		}
 		q.cache.put(q.file, int64(off), t)
 	}
-	if q.scanned.set(i) {
+	if first {
 		q.scanL2(i, off, t)
 	}
 	return t, nil
@@ -151,14 +185,11 @@ func (q *qcow2View) status(dst []Extent, off, length int64) ([]Extent, error) {
 	for off < end {
 		l1i := off >> q.spanBits
 		spanEnd := min((l1i+1)<<q.spanBits, end)
-		var table []byte
-		if l1i < int64(len(q.l1)) { // past the L1 table, QEMU reads unallocated
-			var err error
-			if table, err = q.l2Table(l1i); err != nil {
-				return dst, err
-			}
+		table, err := q.l2Table(l1i)
+		if err != nil {
+			return dst, err
 		}
-		strictTable := q.strict && table != nil && q.damaged.has(l1i)
+		strictTable := q.strict && table != nil
 		if table == nil {
 			dst = appendExtent(dst, Extent{Offset: off, Length: spanEnd - off, Kind: Unallocated})
 			off = spanEnd
@@ -193,7 +224,7 @@ func (q *qcow2View) status(dst []Extent, off, length int64) ([]Extent, error) {
 				if (t == scZeroPlain || t == scZeroAlloc) && q.hdr.Version < 3 {
 					// Version 2 has no zero flag; QEMU refuses the entry.
 					return dst, corrupt(q.name, "zero cluster entry in a version 2 image for guest offset %#x (L2 table at %#x, index %d)",
-						clusterStart, q.l1[l1i].l2Offset(), l2i)
+						clusterStart, q.l2Offset(l1i), l2i)
 				}
 				ext := Extent{Offset: off, Length: clusterEnd - off, Kind: t.kind()}
 				if t.hasHost() {
@@ -212,7 +243,7 @@ func (q *qcow2View) status(dst []Extent, off, length int64) ([]Extent, error) {
 				t := q.subclusterType(e, bitmap, sc)
 				if t == scInvalid {
 					return dst, corrupt(q.name, "invalid extended L2 bitmap %#016x for guest cluster %#x (L2 table at %#x, index %d)",
-						bitmap, clusterStart, q.l1[l1i].l2Offset(), l2i)
+						bitmap, clusterStart, q.l2Offset(l1i), l2i)
 				}
 				ext := Extent{Offset: off, Length: scEnd - off, Kind: t.kind()}
 				if t.hasHost() {
@@ -237,7 +268,7 @@ func (q *qcow2View) setHost(ext *Extent, e l2Entry, off, l2i, l1i int64) error {
 	host := e.hostOffset()
 	if host&uint64(q.csize-1) != 0 {
 		return corrupt(q.name, "cluster allocation offset %#x is not cluster aligned (guest offset %#x, L2 table at %#x, index %d)",
-			host, off&^(q.csize-1), q.l1[l1i].l2Offset(), l2i)
+			host, off&^(q.csize-1), q.l2Offset(l1i), l2i)
 	}
 	inCluster := uint64(off & (q.csize - 1))
 	if q.data != q.file && host != uint64(off)-inCluster {
@@ -246,7 +277,7 @@ func (q *qcow2View) setHost(ext *Extent, e l2Entry, off, l2i, l1i int64) error {
 	}
 	if q.strict && ext.Kind == Data && host+inCluster+uint64(ext.Length) > uint64(q.data.Size()) {
 		return corrupt(q.data.Name, "data cluster for guest offset %#x at %#x lies beyond end of file (%#x) (L2 table at %#x, index %d)",
-			off&^(q.csize-1), host, q.data.Size(), q.l1[l1i].l2Offset(), l2i)
+			off&^(q.csize-1), host, q.data.Size(), q.l2Offset(l1i), l2i)
 	}
 	ext.File = q.data
 	ext.HostOffset = int64(host + inCluster)
@@ -266,7 +297,7 @@ func (q *qcow2View) compressedExtent(e l2Entry, guest, l2i, l1i int64) (Extent, 
 	clen := int64(sectors*512) - int64(coff&511)
 	if q.strict && coff >= uint64(q.file.Size()) {
 		return Extent{}, corrupt(q.name, "compressed cluster for guest offset %#x at %#x lies beyond end of file (%#x) (L2 table at %#x, index %d)",
-			guest, coff, q.file.Size(), q.l1[l1i].l2Offset(), l2i)
+			guest, coff, q.file.Size(), q.l2Offset(l1i), l2i)
 	}
 	return Extent{Kind: Compressed, File: q.file, HostOffset: int64(coff), CompressedSize: clen}, nil
 }

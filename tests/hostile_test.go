@@ -240,7 +240,7 @@ func refusedRows() []refusedRow {
 			p := oneMiB(t, dir, "bad.qcow2")
 			imagetest.PatchBE64(t, p, 64, 0x200)
 			return p, nil
-		}, []string{"bad.qcow2: header: snapshot table offset 0x200 is invalid"}},
+		}, []string{"bad.qcow2: header: snapshot table offset invalid: 0x200 is not a cluster-aligned file offset"}},
 		{"end of the header extensions with a length past the header area", func(t *testing.T, dir string) (string, []string) {
 			p := oneMiB(t, dir, "bad.qcow2")
 			q := layoutOf(t, p)

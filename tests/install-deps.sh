@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what chainfs's tests and demo need on a Debian machine, if missing:
-# FUSE 3, QEMU's image tools (the oracle), libnbd's nbdinfo, fio, and
-# qemu-storage-daemon for the comparison benchmark. Then a second oracle:
+# FUSE 3, QEMU's image tools (the oracle), libnbd's nbdinfo, fio,
+# qemu-storage-daemon for the comparison benchmark, and make, man-db and
+# systemd's tools for the install test. Then a second oracle:
 # QEMU's tools from Debian's bookworm-backports suite (10.0, which prints
 # the current upstream `qemu-img map` format with "compressed"), unpacked
 # beside the system's QEMU without replacing it, into
@@ -16,6 +17,11 @@ command -v qemu-img >/dev/null && command -v qemu-nbd >/dev/null || need+=(qemu-
 command -v nbdinfo >/dev/null || need+=(libnbd-bin)
 command -v fio >/dev/null || need+=(fio)
 command -v qemu-storage-daemon >/dev/null || need+=(qemu-system-common)
+# make install, man chainfs, and systemd-analyze/systemd-escape for the
+# man page's mount unit (tests/install_test.go; systemd need not run).
+command -v make >/dev/null || need+=(make)
+command -v man >/dev/null || need+=(man-db)
+command -v systemd-analyze >/dev/null && command -v systemd-escape >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
 	echo "installing: ${need[*]}"
 	$sudo apt-get update -qq

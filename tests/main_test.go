@@ -318,7 +318,9 @@ func chainFiles(t testing.TB, image string, mountArgs []string) []string {
 	}
 	var infos []struct {
 		Filename string `json:"filename"`
-		DataFile string `json:"data-file"`
+		Chainfs  struct {
+			DataFile string `json:"data-file-path"`
+		} `json:"chainfs"`
 	}
 	if err := json.Unmarshal([]byte(out), &infos); err != nil {
 		t.Fatalf("chainfs info --json: %v\n%s", err, out)
@@ -326,8 +328,8 @@ func chainFiles(t testing.TB, image string, mountArgs []string) []string {
 	var files []string
 	for _, i := range infos {
 		files = append(files, i.Filename)
-		if i.DataFile != "" {
-			files = append(files, i.DataFile)
+		if i.Chainfs.DataFile != "" {
+			files = append(files, i.Chainfs.DataFile)
 		}
 	}
 	return files

@@ -97,18 +97,3 @@ func TestUsageErrors(t *testing.T) {
 		t.Errorf("info of a missing image: exit %d, stderr %q", code, errb.String())
 	}
 }
-
-func TestHumanSize(t *testing.T) {
-	for n, want := range map[int64]string{
-		512:           "512 bytes",
-		524288:        "512 KiB (524288 bytes)",
-		200192:        "195.5 KiB (200192 bytes)",
-		1 << 40 * 4:   "4 TiB (4398046511104 bytes)",
-		1073741824:    "1 GiB (1073741824 bytes)",
-		1024*1024 + 1: "1 MiB (1048577 bytes)",
-	} {
-		if got := humanSize(n); got != want {
-			t.Errorf("humanSize(%d) = %q, want %q", n, got, want)
-		}
-	}
-}

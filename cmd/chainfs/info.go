@@ -1,14 +1,10 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"strconv"
-	"text/tabwriter"
 
 	"github.com/sirupsen/logrus"
 
@@ -25,6 +21,8 @@ type chainFlags struct {
 	forceShare bool
 	strict     bool
 	limits     limitFlags
+	// check, when set, validates the command's own flags once parsed.
+	check func() error
 }
 
 // strictUsage describes --strict, for every command that has it.
@@ -84,7 +82,11 @@ func (c *chainFlags) open(fs *flag.FlagSet, args []string, stderr io.Writer) (*l
 		fs.Usage()
 		return nil, exitUsage
 	}
-	if err := c.limits.check(); err != nil {
+	err = c.limits.check()
+	if err == nil && c.check != nil {
+		err = c.check()
+	}
+	if err != nil {
 		fmt.Fprintf(stderr, "chainfs %s: %v\n", fs.Name(), err)
 		return nil, exitUsage
 	}
@@ -116,98 +118,54 @@ func (c *chainFlags) pick(chain *layers.Chain, name string, stderr io.Writer) (*
 	return chain.Layers[c.layer], exitOK
 }
 
-// layerInfo is one layer in `chainfs info --json`; the names follow
-// `qemu-img info --output=json`.
-type layerInfo struct {
-	Depth         int    `json:"depth"`
-	Filename      string `json:"filename"`
-	Format        string `json:"format"`
-	VirtualSize   int64  `json:"virtual-size"`
-	ClusterSize   int64  `json:"cluster-size"`
-	BackingFile   string `json:"backing-filename,omitempty"`
-	BackingFormat string `json:"backing-filename-format,omitempty"`
-	// BackingProbed: the image naming this one recorded no format for
-	// it, so it was probed.
-	BackingProbed bool `json:"format-probed,omitempty"`
-	// DataFile is the external data file as opened (its name resolved),
-	// and DataFileName the name recorded in the image.
-	DataFile     string `json:"data-file,omitempty"`
-	DataFileName string `json:"data-file-name,omitempty"`
-}
+const infoSynopsis = `info [--json] IMAGE
+
+Prints what qemu-img info --backing-chain prints for IMAGE and every layer
+below it, top first; with --json (or --output=json) what qemu-img info
+--output=json --backing-chain prints, the same keys and values. What
+chainfs adds (the layer's depth, whether its format was probed, the path
+of its external data file) is under the key "chainfs" of each layer.
+
+options:`
 
 func cmdInfo(args []string, stdout, stderr io.Writer) int {
-	fset := newFlagSet("info", "info [--json] IMAGE", stderr)
+	fset := newFlagSet("info", infoSynopsis, stderr)
 	var c chainFlags
 	c.register(fset, false)
-	asJSON := fset.Bool("json", false, "print JSON (an array, top layer first)")
+	asJSON := fset.Bool("json", false, "print JSON: an array, top layer first")
+	output := fset.String("output", "human", "output `FORMAT`: human or json (as qemu-img's --output)")
+	fset.Bool("backing-chain", true, "accepted for qemu-img's command line: chainfs info always describes the whole chain")
+	check := fset.Bool("check", false, "read every table of every layer (as a map of each would) and count the damage QEMU reads through; without it, only what opening the chain read is looked at")
+	c.check = func() error {
+		switch *output {
+		case "json":
+			*asJSON = true
+		case "human":
+		default:
+			return fmt.Errorf("--output %q: want human or json", *output)
+		}
+		return nil
+	}
 	chain, code := c.open(fset, args, stderr)
 	if chain == nil {
 		return code
 	}
 	defer chain.Close()
-	var infos []layerInfo
-	for _, l := range chain.Layers {
-		i := layerInfo{
-			Depth: l.Index, Filename: l.Path, Format: l.Format.String(),
-			VirtualSize: l.Size, ClusterSize: l.ClusterSize,
-			BackingFile: l.BackingFile, BackingFormat: l.BackingFormat,
-			BackingProbed: l.ProbedBacking,
+	if *check {
+		for _, l := range chain.Layers {
+			l.ScanDamage()
 		}
-		if l.DataFile != nil {
-			i.DataFile, i.DataFileName = l.DataFile.Name, l.Header.DataFile
-		}
-		infos = append(infos, i)
 	}
-	bw := bufio.NewWriter(stdout)
+	infos := describeChain(chain)
+	write := writeInfoText
 	if *asJSON {
-		enc := json.NewEncoder(bw)
-		enc.SetIndent("", "  ")
-		enc.Encode(infos)
-	} else {
-		tw := tabwriter.NewWriter(bw, 0, 8, 2, ' ', 0)
-		fmt.Fprintln(tw, "DEPTH\tFILE\tFORMAT\tVIRTUAL SIZE\tCLUSTER SIZE\tBACKING FILE\tBACKING FORMAT")
-		for _, i := range infos {
-			bf, bfmt := i.BackingFile, i.BackingFormat
-			if bf == "" {
-				bf = "-"
-			}
-			if bfmt == "" {
-				bfmt = "-"
-				if bf != "-" {
-					bfmt = "(probed)"
-				}
-			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", i.Depth, i.Filename, i.Format,
-				humanSize(i.VirtualSize), strconv.FormatInt(i.ClusterSize, 10), bf, bfmt)
-		}
-		tw.Flush()
+		write = writeInfoJSON
 	}
-	if err := bw.Flush(); err != nil {
+	if err := write(stdout, infos); err != nil {
 		fmt.Fprintf(stderr, "chainfs info: %v\n", err)
 		return exitFailure
 	}
 	return exitOK
-}
-
-// humanSize prints n as qemu-img info does: "512 KiB (524288 bytes)".
-func humanSize(n int64) string {
-	units := []string{"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
-	v, u := float64(n), 0
-	for v >= 1024 && u < len(units)-1 {
-		v /= 1024
-		u++
-	}
-	if u == 0 {
-		return fmt.Sprintf("%d bytes", n)
-	}
-	s := strconv.FormatFloat(v, 'f', 3, 64)
-	for s[len(s)-1] == '0' {
-		s = s[:len(s)-1]
-	}
-	if s[len(s)-1] == '.' {
-		s = s[:len(s)-1]
-	}
-	return fmt.Sprintf("%s %s (%d bytes)", s, units[u], n)
 }
 
 func cmdMap(args []string, stdout, stderr io.Writer) int {

@@ -3,11 +3,12 @@
 // prints a chain's layers, maps and depths without mounting.
 //
 //	chainfs mount [options] IMAGE MOUNTPOINT
-//	chainfs umount MOUNTPOINT
+//	chainfs umount [--wait] MOUNTPOINT
 //	chainfs info [--json] IMAGE
 //	chainfs map [--layer N] IMAGE
 //	chainfs depth [--layer N] [--json] IMAGE
 //	chainfs IMAGE MOUNTPOINT [-o OPTIONS]   (as mount.fuse3 calls it, for /etc/fstab)
+//	chainfs version | --version
 package main
 
 import (
@@ -21,11 +22,12 @@ import (
 
 const usage = `usage:
   chainfs mount [options] IMAGE MOUNTPOINT   mount the chain of IMAGE read-only
-  chainfs umount MOUNTPOINT                  unmount (lazily if busy)
-  chainfs info [--json] IMAGE                list the layers of the chain
+  chainfs umount [--wait] MOUNTPOINT         unmount (lazily if busy, naming what holds it)
+  chainfs info [--json] IMAGE                qemu-img info --backing-chain of IMAGE
   chainfs map [--layer N] IMAGE              qemu-img map --output=json of a layer
   chainfs depth [--layer N] [--json] IMAGE   nbdinfo --map=qemu:allocation-depth of a layer
   chainfs IMAGE MOUNTPOINT [-o OPTIONS]      mount, as mount.fuse3 (/etc/fstab) calls it
+  chainfs version                            the version and Go build information
 
 For every layer N (0 is IMAGE) the mount shows N-NAME.raw (the layer read
 with its backing chain), N-NAME.map.json and N-NAME.depth.
@@ -53,16 +55,37 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdMap(args[1:], stdout, stderr)
 	case "depth":
 		return cmdDepth(args[1:], stdout, stderr)
+	case "version", "-version", "--version", "-V":
+		return cmdVersion(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
 	}
-	if !strings.HasPrefix(args[0], "-") {
+	if mountForm(args[0]) {
 		// mount.fuse3's form: chainfs IMAGE MOUNTPOINT -o OPTIONS.
 		return cmdMount(args, stderr)
 	}
 	fmt.Fprintf(stderr, "chainfs: unknown command %q\n%s", args[0], usage)
 	return exitUsage
+}
+
+// mountForm reports whether a first argument that names no command is the
+// IMAGE of mount.fuse3's form (chainfs IMAGE MOUNTPOINT -o OPTIONS, what
+// /etc/fstab and mount -t fuse.chainfs run): a path that exists, or one
+// with a slash in it, so that a missing image in /etc/fstab is reported
+// as such. Any other word ("verison", "mout") is an unknown command: it
+// must not be taken for an image and fail with a confusing mount error.
+// Commands win over files of the same name in the working directory;
+// ./info mounts a file named info.
+func mountForm(arg string) bool {
+	if arg == "" || strings.HasPrefix(arg, "-") {
+		return false
+	}
+	if strings.Contains(arg, "/") {
+		return true
+	}
+	_, err := os.Stat(arg)
+	return err == nil
 }
 
 // parseArgs parses args with fs, allowing flags after positional

@@ -189,7 +189,7 @@ func (s *server) run(lf *logFlags) int {
 	if err != nil {
 		return s.fail(exitMount, err)
 	}
-	log.WithFields(logrus.Fields{"image": s.image, "layers": len(chain.Layers), "mountpoint": mnt}).Info("mounted")
+	log.WithFields(logrus.Fields{"image": s.image, "layers": len(chain.Layers), "mountpoint": mnt, "version": versionString()}).Info("mounted")
 
 	go s.handleSignals(sigs, srv, mnt, background)
 	if background {

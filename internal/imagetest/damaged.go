@@ -72,7 +72,7 @@ func (q QEMU) MapJSONErr(t testing.TB, path, format string) (stdout, stderr stri
 // saying which tool failed and why.
 func (q QEMU) NBDDepthErr(t testing.TB, path, format string) (string, error) {
 	t.Helper()
-	uri, stop, err := q.ServeNBDErr(t, path, format, "-A")
+	uri, stop, err := q.TryServeNBD(t, path, format, "-A")
 	if err != nil {
 		return "", err
 	}

@@ -459,17 +459,17 @@ func ServeNBD(t testing.TB, path, format string, args ...string) (uri string, st
 // ServeNBD is the package's ServeNBD with q's qemu-nbd.
 func (q QEMU) ServeNBD(t testing.TB, path, format string, args ...string) (uri string, stop func()) {
 	t.Helper()
-	uri, stop, err := q.ServeNBDErr(t, path, format, args...)
+	uri, stop, err := q.TryServeNBD(t, path, format, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return uri, stop
 }
 
-// ServeNBDErr is ServeNBD for an image qemu-nbd may refuse: it returns the
-// error (with qemu-nbd's stderr) instead of failing the test. A missing
-// tool or a server that never answers still fails the test.
-func (q QEMU) ServeNBDErr(t testing.TB, path, format string, args ...string) (uri string, stop func(), err error) {
+// TryServeNBD is ServeNBD for a server that may refuse to start (an
+// export QEMU will not serve): it returns the error, with qemu-nbd's
+// stderr, instead of failing the test.
+func (q QEMU) TryServeNBD(t testing.TB, path, format string, args ...string) (uri string, stop func(), err error) {
 	t.Helper()
 	lookPath(t, "nbdinfo")
 	bin := q.tool(t, "qemu-nbd")
