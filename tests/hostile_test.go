@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -701,6 +702,9 @@ type asQEMURow struct {
 	make func(t *testing.T, dir string) []layer
 	// warn are the warnings the mount must log.
 	warn []string
+	// damage is the kind (its key) chainfs info --check counts in the
+	// top layer, if any.
+	damage string
 }
 
 // overRaw makes top.qcow2 (1 MiB, data at [0, 256k)) over base.raw (all
@@ -731,21 +735,21 @@ func findExt(t *testing.T, path string, typ uint32) int64 {
 
 func asQEMURows() []asQEMURow {
 	return []asQEMURow{
-		{name: "L1 table past the end of the file: all unallocated",
+		{name: "L1 table past the end of the file: all unallocated", damage: "l1-table-past-eof",
 			warn: []string{"L1 table at", "reaches past end of file"},
 			make: func(t *testing.T, dir string) []layer {
 				top, base := overRaw(t, dir)
 				imagetest.PatchBE64(t, top, 40, uint64(sizeOf(t, top)+0xffff)&^0xffff)
 				return []layer{{top, "qcow2"}, {base, "raw"}}
 			}},
-		{name: "refcount table past the end of the file",
+		{name: "refcount table past the end of the file", damage: "refcount-table-past-eof",
 			warn: []string{"refcount table at", "reaches past end of file"},
 			make: func(t *testing.T, dir string) []layer {
 				top, base := overRaw(t, dir)
 				imagetest.PatchBE64(t, top, 48, uint64(sizeOf(t, top)+0xffff)&^0xffff)
 				return []layer{{top, "qcow2"}, {base, "raw"}}
 			}},
-		{name: "L2 table past the end of the file: the backing file shows",
+		{name: "L2 table past the end of the file: the backing file shows", damage: "l2-table-past-eof",
 			warn: []string{"L2 table at", "reaches past end of file"},
 			make: func(t *testing.T, dir string) []layer {
 				top, base := overRaw(t, dir, "cluster_size=4096")
@@ -754,7 +758,7 @@ func asQEMURows() []asQEMURow {
 				imagetest.PatchBE64(t, top, l1, copiedFlag|uint64(sizeOf(t, top)+0x10000)&^0xfff)
 				return []layer{{top, "qcow2"}, {base, "raw"}}
 			}},
-		{name: "data clusters just past the end of the file: zeroes",
+		{name: "data clusters just past the end of the file: zeroes", damage: "data-cluster-past-eof",
 			warn: []string{"data clusters reach past end of file"},
 			make: func(t *testing.T, dir string) []layer {
 				top, base := overRaw(t, dir)
@@ -834,6 +838,42 @@ func TestHostileAsQEMU(t *testing.T) {
 					t.Errorf("no warning %q in the log:\n%s", w, log)
 				}
 			}
+			checkInfoDamage(t, chain[0].path, r.damage)
 		})
+	}
+}
+
+// checkInfoDamage: chainfs info --check --json counts damage of kind key
+// in the top layer (none anywhere when key is empty), and chainfs info
+// without --check counts at most that.
+func checkInfoDamage(t *testing.T, image, key string) {
+	t.Helper()
+	for _, check := range []bool{true, false} {
+		args := []string{"info", "--json", "-U", image}
+		if check {
+			args = append([]string{"info", "--check"}, args[1:]...)
+		}
+		out, stderr, code := chainfsSplit(t, args...)
+		if code != 0 {
+			t.Fatalf("chainfs %q: exit %d: %s", args, code, stderr)
+		}
+		var infos []struct {
+			Chainfs struct {
+				Damage map[string]int64 `json:"damage"`
+			} `json:"chainfs"`
+		}
+		if err := json.Unmarshal([]byte(out), &infos); err != nil {
+			t.Fatalf("chainfs %q: %v\n%s", args, err, out)
+		}
+		for i, info := range infos {
+			for k, n := range info.Chainfs.Damage {
+				if i != 0 || k != key || n <= 0 {
+					t.Errorf("chainfs %q: layer %d counts %d of damage %q", args, i, n, k)
+				}
+			}
+		}
+		if check && key != "" && infos[0].Chainfs.Damage[key] == 0 {
+			t.Errorf("chainfs %q: no %q damage in the top layer:\n%s", args, key, out)
+		}
 	}
 }
