@@ -379,6 +379,32 @@ func refusedByQEMURows() []brokenRow {
 		header("backing format of 16 bytes", "backing format extension at 0x70: length 16, QEMU allows at most 15", func(t *testing.T, p string) {
 			imagetest.PatchBE32(t, p, findExtension(t, p, 0xe2792aca)+4, 16)
 		}),
+		// The rest of item 6, with the snapshot and bitmap checks of
+		// snapshot.go and bitmap.go (their own tests have one row per
+		// check).
+		{name: "snapshot table entry with too much extra data", def: refused, strict: refused, is: layers.ErrCorrupt,
+			make: func(t *testing.T, dir string) (string, []string) {
+				p := small(t, dir, "s.qcow2")
+				imagetest.QemuImg(t, "snapshot", "-c", "one", p)
+				imagetest.QemuImg(t, "snapshot", "-c", "two", p)
+				imagetest.PatchBE32(t, p, imagetest.SnapshotEntry(t, p, 1)+36, 1025)
+				return p, []string{"s.qcow2: snapshot table entry 1 at 0x"}
+			}},
+		{name: "bitmap directory entry with extra data: broken directory", def: refused, strict: refused, is: layers.ErrCorrupt,
+			make: func(t *testing.T, dir string) (string, []string) {
+				p := small(t, dir, "b.qcow2")
+				bitmap("b0", "--add")(t, p)
+				imagetest.PatchBE32(t, p, imagetest.BitmapEntry(t, p, 0)+20, 8)
+				return p, []string{"b.qcow2: bitmap directory at", "broken"}
+			}},
+		{name: "bitmap that does not satisfy the constraints", def: refused, strict: refused, is: layers.ErrCorrupt,
+			make: func(t *testing.T, dir string) (string, []string) {
+				p := small(t, dir, "b.qcow2")
+				bitmap("b0", "--add")(t, p)
+				e := imagetest.BitmapEntry(t, p, 0)
+				imagetest.PatchBE32(t, p, e+12, imagetest.ReadBE32(t, p, e+12)|4)
+				return p, []string{`bitmap "b0" does not satisfy the constraints: reserved flags 0x4 set`}
+			}},
 		{name: "cluster_bits 22", def: refused, strict: refused, is: layers.ErrCorrupt,
 			make: func(t *testing.T, dir string) (string, []string) {
 				p := small(t, dir, "top.qcow2")
