@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"math/bits"
 	"sync"
 	"sync/atomic"
 )
@@ -361,10 +362,9 @@ func (v *qcow2View) scanL2(i int64, off uint64, t []byte) {
 		if uint64(e)&l2ReservedBits != 0 {
 			d.add(DamageReservedBits, guest, int64(e.hostOffset()), uint64(e), l2i)
 		}
-		if v.readsHost(e, bitmap) {
+		if need := min(v.hostNeed(e, bitmap), v.size-guest); need > 0 {
 			host := e.hostOffset()
-			need := uint64(min(v.csize, v.size-guest))
-			if host&uint64(v.csize-1) == 0 && host+need > uint64(v.data.Size()) {
+			if host&uint64(v.csize-1) == 0 && host+uint64(need) > uint64(v.data.Size()) {
 				d.add(DamageDataCluster, guest, int64(host), uint64(e), l2i)
 			}
 		}
@@ -372,18 +372,25 @@ func (v *qcow2View) scanL2(i int64, off uint64, t []byte) {
 	v.reportL2(off, &d)
 }
 
-// readsHost reports whether a read of some part of the cluster of entry e
-// (with extended L2 bitmap bitmap) reads its host cluster.
-func (v *qcow2View) readsHost(e l2Entry, bitmap uint64) bool {
+// hostNeed returns how many bytes from the start of its host cluster the
+// reads of entry e (with extended L2 bitmap bitmap) touch: the whole
+// cluster, or with subclusters up to the end of the last one allocated
+// (QEMU writes only those: a healthy image may end inside the cluster);
+// 0 when no read touches it.
+func (v *qcow2View) hostNeed(e l2Entry, bitmap uint64) int64 {
 	if v.clusterType(e) != clusterNormal {
-		return false
+		return 0
 	}
 	if !v.extL2 {
-		return true
+		return v.csize
 	}
-	// Some subcluster allocated and none both allocated and zero
-	// (an invalid bitmap fails the reads that meet it instead).
-	return bitmap&allAllocBits != 0 && (bitmap>>32)&bitmap == 0
+	alloc := bitmap & allAllocBits
+	if alloc == 0 || (bitmap>>32)&bitmap != 0 {
+		// Nothing read, or an invalid bitmap, which fails the reads that
+		// meet it instead.
+		return 0
+	}
+	return int64(bits.Len64(alloc)) << (v.cbits - 5)
 }
 
 // reportL2 counts and logs what scanL2 found, one warning per kind.

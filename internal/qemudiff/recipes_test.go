@@ -66,6 +66,11 @@ var recipes = []recipe{
 			"write -P 3 256k 64k", "discard 256k 2k", "write -z -u 512k 64k", "write -c -P 4 768k 64k")
 		return p
 	}},
+	{"extended L2, the file ending inside its last cluster", func(t testing.TB, dir string) string {
+		p := create(t, dir, "ext.qcow2", "qcow2", 1*miB, "extended_l2=on")
+		qio(t, dir, p, "qcow2", "write -P 1 64k 64k", "write -P 2 0 2k")
+		return p
+	}},
 	{"zlib, qemu-img convert -c", func(t testing.TB, dir string) string {
 		src := filepath.Join(t.TempDir(), "src.raw")
 		imagetest.QemuImg(t, "create", "-q", "-f", "raw", src, "1M")
