@@ -24,12 +24,16 @@ import (
 //
 // By default chainfs answers exactly as QEMU does, and notes each damaged
 // structure the first time it reads it: one warning naming the file, the
-// structure and its guest and host offsets, and a count per kind
-// (Layer.Damage). Nothing is scanned ahead of need: an L2 table is looked
-// at when a read or a map first needs it. With Options.Strict every such
-// structure is an error instead, for the guest range that needs it (EIO for
-// that range through the mount), and a table needed at open refuses the
-// image.
+// structure and its guest and host offsets (the entries of one L2 table
+// share a warning per kind, naming the first), and a count per kind
+// (Layer.Damage). Nothing is scanned ahead of need: an L1 entry and its L2
+// table are looked at when a read or a map first needs them, once per
+// view (a table two views share, the current disk and a snapshot, counts
+// for each); Layer.ScanDamage looks at them all. With Options.Strict every
+// such structure is an error instead, for the guest range that needs it
+// (EIO for that range through the mount), and a table needed at open
+// refuses the image; the damage is still counted, and the failing reads
+// log it.
 
 // DamageKind is a kind of damage QEMU reads through and `qemu-img check`
 // calls an error.
@@ -169,7 +173,7 @@ func (d *damageLog) note(k DamageKind, n int64, msg string, attrs ...any) {
 		d.log.Warn(d.name+": "+msg, append([]any{"file", d.name, "damage", k.Key()}, attrs...)...)
 	case w == maxDamageWarnings+1:
 		d.quiet.Do(func() {
-			d.log.Warn(fmt.Sprintf("%s: more damage QEMU reads through; counting it without logging each (see chainfs info)", d.name),
+			d.log.Warn(fmt.Sprintf("%s: more damage QEMU reads through; counting the rest without logging each", d.name),
 				"file", d.name)
 		})
 	}
