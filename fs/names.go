@@ -14,6 +14,10 @@ import (
 // of reasonable length, replaced by a tag that can (SnapshotTags,
 // BitmapTags). `chainfs info` shows which file is which.
 
+// fits reports whether name, escaped, is at most maxTagLen bytes (escaping
+// never shortens a name).
+func fits(name string) bool { return len(name) <= maxTagLen && len(Escape(name)) <= maxTagLen }
+
 // maxTagLen bounds the escaped snapshot or bitmap part of a file name, so
 // that "N-name@TAG.map.json" stays within NAME_MAX (255 bytes) with room
 // for the layer's own name.
@@ -66,9 +70,9 @@ func snapshotTags(ids, names []string, bad []bool) []string {
 		name := names[i]
 		switch {
 		case bad[i]:
-		case name != "" && nameCount[name] == 1 && len(Escape(name)) <= maxTagLen:
+		case name != "" && nameCount[name] == 1 && fits(name):
 			tags[i] = Escape(name)
-		case id != "" && idCount[id] == 1 && 1+len(Escape(id)) <= maxTagLen:
+		case id != "" && idCount[id] == 1 && len(id) < maxTagLen && 1+len(Escape(id)) <= maxTagLen:
 			tags[i] = "#" + Escape(id)
 		default:
 			tags[i] = "##" + strconv.Itoa(i)
@@ -85,8 +89,8 @@ func BitmapTags(l *layers.Layer) []string {
 	bms := l.Bitmaps()
 	tags := make([]string, len(bms))
 	for i, b := range bms {
-		if e := Escape(b.Name); b.Name != "" && len(e) <= maxTagLen {
-			tags[i] = e
+		if b.Name != "" && fits(b.Name) {
+			tags[i] = Escape(b.Name)
 		} else {
 			tags[i] = "##" + strconv.Itoa(i)
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/bits"
 )
 
@@ -158,6 +159,10 @@ func readBitmaps(q *qcow2Image, size int64, log *slog.Logger) (*bitmapDirectory,
 	if h.BitmapDirectorySize == 0 {
 		return nil, corrupt(q.name, "bitmap directory at %#x: size is zero", h.BitmapDirectoryOffset)
 	}
+	if h.BitmapDirectoryOffset > math.MaxInt64-h.BitmapDirectorySize {
+		// QEMU's read of it fails.
+		return nil, corrupt(q.name, "bitmap directory offset %#x is past what a file offset can reach", h.BitmapDirectoryOffset)
+	}
 	r := &tableReader{
 		name: q.name, what: "bitmap directory", start: int64(h.BitmapDirectoryOffset),
 		r: bufio.NewReaderSize(io.NewSectionReader(q.file, int64(h.BitmapDirectoryOffset), int64(h.BitmapDirectorySize)), 64<<10),
@@ -247,7 +252,7 @@ func (b *Bitmap) checkEntry(typ uint8, gbits uint, nameLen int64) string {
 	switch {
 	case b.TableSize == 0:
 		return "empty bitmap table"
-	case b.TableOffset == 0 || b.TableOffset%cs != 0:
+	case b.TableOffset == 0 || b.TableOffset%cs != 0 || b.TableOffset > math.MaxInt64-uint64(b.TableSize)*8:
 		return fmt.Sprintf("bitmap table offset %#x is not a cluster-aligned offset", b.TableOffset)
 	case b.TableSize > maxBitmapTableSize:
 		return fmt.Sprintf("bitmap table of %d entries exceeds QEMU's limit of %d", b.TableSize, maxBitmapTableSize)

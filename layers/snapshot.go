@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -97,6 +98,7 @@ func readSnapshots(q *qcow2Image, size int64, log *slog.Logger) ([]Snapshot, err
 	}
 	snaps := make([]Snapshot, 0, min(h.NbSnapshots, 1024))
 	var length int64 // as QEMU counts it: entries rounded up to 8 bytes
+	leftOut := 0
 	for i := 0; i < int(h.NbSnapshots); i++ {
 		length = (length + 7) &^ 7
 		if err := r.align(8); err != nil {
@@ -158,13 +160,23 @@ func readSnapshots(q *qcow2Image, size int64, log *slog.Logger) ([]Snapshot, err
 		}
 		s.Err = q.checkSnapshot(&s)
 		if s.Err != nil {
-			log.Warn(s.Err.Error()+"; the snapshot is left out", "file", q.name,
-				"snapshot_id", s.ID, "snapshot_name", s.Name)
+			leftOut++
+			if leftOut <= maxSnapshotWarnings {
+				log.Warn(s.Err.Error()+"; the snapshot is left out", "file", q.name,
+					"snapshot_id", quoteCut(s.ID), "snapshot_name", quoteCut(s.Name))
+			}
 		}
 		snaps = append(snaps, s)
 	}
+	if leftOut > maxSnapshotWarnings {
+		log.Warn(fmt.Sprintf("%s: %d more snapshots are left out for the same kinds of reasons", q.name, leftOut-maxSnapshotWarnings), "file", q.name)
+	}
 	return snaps, nil
 }
+
+// maxSnapshotWarnings bounds the snapshots left out that are logged one
+// by one (a hostile table holds 65536).
+const maxSnapshotWarnings = 8
 
 // checkSnapshot makes the checks QEMU makes before it reads a snapshot's
 // L1 table to load or apply it (qcow2_snapshot_load_tmp,
@@ -172,7 +184,7 @@ func readSnapshots(q *qcow2Image, size int64, log *slog.Logger) ([]Snapshot, err
 // those of applying its disk size (qcow2_co_truncate grows the L1 table
 // to cover it, up to the same limit).
 func (q *qcow2Image) checkSnapshot(s *Snapshot) error {
-	what := fmt.Sprintf("snapshot %s (table entry %d)", s.label(), s.Index)
+	what := s // printed with %v: labelled only when there is an error
 	switch {
 	case uint64(s.L1Size)*8 > maxL1Bytes:
 		return corrupt(q.name, "%s: snapshot L1 table too large: %d entries exceed QEMU's limit of %d bytes", what, s.L1Size, maxL1Bytes)
@@ -186,9 +198,19 @@ func (q *qcow2Image) checkSnapshot(s *Snapshot) error {
 	return nil
 }
 
-// label names a snapshot in messages: its ID and name, quoted.
-func (s *Snapshot) label() string {
-	return fmt.Sprintf("ID %q name %q", s.ID, s.Name)
+// String names a snapshot in messages: its ID and name, quoted (cut at
+// 64 bytes: a hostile table holds names of up to 64 KiB), and its table
+// entry.
+func (s *Snapshot) String() string {
+	return fmt.Sprintf("snapshot ID %s name %s (table entry %d)", quoteCut(s.ID), quoteCut(s.Name), s.Index)
+}
+
+// quoteCut quotes s for a message, cut to its first 64 bytes.
+func quoteCut(s string) string {
+	if len(s) > 64 {
+		return strconv.Quote(s[:64]) + "..."
+	}
+	return strconv.Quote(s)
 }
 
 // cString is s up to its first NUL byte: the string QEMU's tools compare

@@ -59,8 +59,43 @@ func FuzzChain(f *testing.F) {
 		defer c.Close()
 		for i, l := range c.Layers {
 			checkFuzzedLayer(t, l, len(c.Layers)-i)
+			checkFuzzedInner(t, l, len(c.Layers)-i)
 		}
 	})
+}
+
+// checkFuzzedInner does for the first internal snapshots of a fuzzed
+// layer what a mount does for their files (map, depth and bytes, as
+// checkFuzzedLayer checks them), and renders its first persistent
+// bitmaps, text and JSON, which must succeed but for a bitmap in use.
+func checkFuzzedInner(t *testing.T, l *layers.Layer, chainLen int) {
+	snaps := l.Snapshots()
+	for i := range min(len(snaps), 2) {
+		v, err := l.SnapshotLayer(i)
+		if err != nil {
+			checkLayerErr(t, "snapshot", err)
+			continue
+		}
+		checkFuzzedLayer(t, v, chainLen)
+	}
+	bms := l.Bitmaps()
+	for i := range min(len(bms), 2) {
+		b := &bms[i]
+		if l.Size/b.Granularity > 1<<22 {
+			continue
+		}
+		for _, write := range []func(io.Writer, *layers.Bitmap) error{status.WriteBitmap, status.WriteBitmapJSON} {
+			err := write(io.Discard, b)
+			switch {
+			case b.InUse():
+				if !errors.Is(err, layers.ErrInconsistent) {
+					t.Fatalf("bitmap %q in use: %v", b.Name, err)
+				}
+			case err != nil:
+				checkLayerErr(t, "bitmap", err)
+			}
+		}
+	}
 }
 
 // backingName is the file name top's header gives its backing file, when

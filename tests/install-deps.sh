@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what chainfs's tests and demo need on a Debian machine, if missing:
-# FUSE 3, QEMU's image tools (the oracle), libnbd's nbdinfo, fio,
+# FUSE 3, QEMU's image tools (the oracle), libnbd's nbdinfo, fio, mke2fs
+# (a file system in a snapshot, for the loop-mount test),
 # qemu-storage-daemon for the comparison benchmark, and make, man-db and
 # systemd's tools for the install test. Then a second oracle:
 # QEMU's tools from Debian's bookworm-backports suite (10.0, which prints
@@ -16,6 +17,7 @@ command -v qemu-img >/dev/null && command -v qemu-nbd >/dev/null || need+=(qemu-
 [ -e /usr/lib/x86_64-linux-gnu/qemu/block-curl.so ] || dpkg -s qemu-block-extra >/dev/null 2>&1 || need+=(qemu-block-extra)
 command -v nbdinfo >/dev/null || need+=(libnbd-bin)
 command -v fio >/dev/null || need+=(fio)
+command -v mke2fs >/dev/null || need+=(e2fsprogs)
 command -v qemu-storage-daemon >/dev/null || need+=(qemu-system-common)
 # make install, man chainfs, and systemd-analyze/systemd-escape for the
 # man page's mount unit (tests/install_test.go; systemd need not run).

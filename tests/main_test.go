@@ -312,6 +312,8 @@ func chainFiles(t testing.TB, image string, mountArgs []string) []string {
 			args = append(args, "--format", mountArgs[i+1])
 		}
 	}
+	// Only stdout: the image may log warnings (a snapshot left out, a
+	// probed format, damage).
 	out, stderr, code := chainfsSplit(t, append(args, image)...)
 	if code != 0 {
 		t.Fatalf("chainfs %q: exit %d: %s%s", args, code, out, stderr)

@@ -98,11 +98,16 @@ func processHolds(pid int, mnt string) ([]holder, error) {
 		seen := map[string]bool{}
 		sc := bufio.NewScanner(maps)
 		for sc.Scan() {
-			// address perms offset dev inode path
-			f := strings.Fields(sc.Text())
-			if len(f) >= 6 && !seen[f[5]] {
-				seen[f[5]] = true
-				add(f[5], "memory mapping")
+			// "address perms offset dev inode   path": the path, which
+			// may hold spaces, runs from the first slash to the end.
+			line := sc.Text()
+			i := strings.Index(line, " /")
+			if i < 0 {
+				continue
+			}
+			if p := line[i+1:]; !seen[p] {
+				seen[p] = true
+				add(p, "memory mapping")
 			}
 		}
 	}

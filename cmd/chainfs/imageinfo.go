@@ -114,6 +114,10 @@ type chainfsInfo struct {
 	// recorded name (format-specific data-file) resolved against the
 	// image's directory.
 	DataFilePath string `json:"data-file-path,omitempty"`
+	// Snapshots and Bitmaps say which files show the layer's internal
+	// snapshots and persistent bitmaps (inner.go).
+	Snapshots []snapshotFiles `json:"snapshots,omitempty"`
+	Bitmaps   []bitmapFiles   `json:"bitmaps,omitempty"`
 	// Damage counts, per kind (layers.DamageKind.Key), the damage QEMU
 	// reads through that chainfs noticed: what opening the chain read,
 	// or with --check every table of the layer.
@@ -165,6 +169,7 @@ func describeLayer(l *layers.Layer, filename string) imageInfo {
 		i.ClusterSize = l.ClusterSize
 		i.DirtyFlag = h.IncompatibleFeatures&layers.IncompatDirty != 0
 		i.FormatSpecific = &formatSpecific{Type: "qcow2", Data: describeQcow2(h)}
+		describeInner(l, &i)
 	}
 	return i
 }

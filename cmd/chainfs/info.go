@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/sirupsen/logrus"
 
@@ -23,6 +24,11 @@ type chainFlags struct {
 	limits     limitFlags
 	// check, when set, validates the command's own flags once parsed.
 	check func() error
+	// snapshot is --snapshot of map and depth (inner.go).
+	snapshot string
+	// more names the positional arguments the command takes after IMAGE;
+	// open fills moreArgs with them.
+	more, moreArgs []string
 }
 
 // strictUsage describes --strict, for every command that has it.
@@ -77,11 +83,12 @@ func (c *chainFlags) open(fs *flag.FlagSet, args []string, stderr io.Writer) (*l
 	if err != nil {
 		return nil, flagExit(err)
 	}
-	if len(pos) != 1 {
-		fmt.Fprintf(stderr, "chainfs %s: want one IMAGE, got %d arguments\n", fs.Name(), len(pos))
+	if len(pos) != 1+len(c.more) {
+		fmt.Fprintf(stderr, "chainfs %s: want %s, got %d arguments\n", fs.Name(), strings.Join(append([]string{"one IMAGE"}, c.more...), " and "), len(pos))
 		fs.Usage()
 		return nil, exitUsage
 	}
+	c.moreArgs = pos[1:]
 	err = c.limits.check()
 	if err == nil && c.check != nil {
 		err = c.check()
@@ -169,16 +176,18 @@ func cmdInfo(args []string, stdout, stderr io.Writer) int {
 }
 
 func cmdMap(args []string, stdout, stderr io.Writer) int {
-	fset := newFlagSet("map", "map [--layer N] IMAGE\n\nPrints what qemu-img map --output=json prints for the layer.\n", stderr)
+	fset := newFlagSet("map", "map [--layer N] [--snapshot SNAP] IMAGE\n\nPrints what qemu-img map --output=json prints for the layer, or for its internal snapshot SNAP.\n", stderr)
 	var c chainFlags
 	c.register(fset, true)
+	c.registerSnapshot(fset)
 	return renderLayer(fset, &c, args, stdout, stderr, status.WriteMapJSON)
 }
 
 func cmdDepth(args []string, stdout, stderr io.Writer) int {
-	fset := newFlagSet("depth", "depth [--layer N] [--json] IMAGE\n\nPrints what nbdinfo --map=qemu:allocation-depth prints for the layer served by qemu-nbd -A.\n", stderr)
+	fset := newFlagSet("depth", "depth [--layer N] [--snapshot SNAP] [--json] IMAGE\n\nPrints what nbdinfo --map=qemu:allocation-depth prints for the layer (or its internal snapshot SNAP) served by qemu-nbd -A.\n", stderr)
 	var c chainFlags
 	c.register(fset, true)
+	c.registerSnapshot(fset)
 	asJSON := fset.Bool("json", false, "print what nbdinfo --json prints")
 	render := func(w io.Writer, l *layers.Layer) error {
 		if *asJSON {
@@ -197,6 +206,9 @@ func renderLayer(fset *flag.FlagSet, c *chainFlags, args []string, stdout, stder
 	defer chain.Close()
 	l, code := c.pick(chain, fset.Name(), stderr)
 	if l == nil {
+		return code
+	}
+	if l, code = c.view(l, fset.Name(), stderr); l == nil {
 		return code
 	}
 	if err := render(stdout, l); err != nil {

@@ -87,3 +87,20 @@ func TestQJSONEmptyContainers(t *testing.T) {
 		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
 	}
 }
+
+// TestPathCombine: backing names made paths as QEMU's path_combine does,
+// as text (the kernel resolves "..", after symlinks).
+func TestPathCombine(t *testing.T) {
+	for _, tc := range []struct{ base, name, want string }{
+		{"top.qcow2", "base.raw", "base.raw"},
+		{"sub/top.qcow2", "base.raw", "sub/base.raw"},
+		{"sub/link/top.qcow2", "../base.raw", "sub/link/../base.raw"},
+		{"/vm/top.qcow2", "./mid.qcow2", "/vm/./mid.qcow2"},
+		{"/vm/top.qcow2", "/other/base.raw", "/other/base.raw"},
+		{"/top.qcow2", "base.raw", "/base.raw"},
+	} {
+		if got := pathCombine(tc.base, tc.name); got != tc.want {
+			t.Errorf("pathCombine(%q, %q) = %q, want %q", tc.base, tc.name, got, tc.want)
+		}
+	}
+}

@@ -94,6 +94,7 @@ func writeLayerText(b *bytes.Buffer, i *imageInfo) error {
 			fmt.Fprintf(b, "backing file format: %s\n", i.BackingFilenameFormat)
 		}
 	}
+	writeSnapshotList(b, i.Snapshots)
 	if err := writeSpecificText(b, i.FormatSpecific, 0); err != nil {
 		return err
 	}
@@ -139,6 +140,7 @@ func writeChainfsText(b *bytes.Buffer, c *chainfsInfo) {
 	if c.DataFilePath != "" {
 		fmt.Fprintf(b, "    data file path: %s\n", c.DataFilePath)
 	}
+	writeInnerText(b, c)
 	if len(c.Damage) > 0 {
 		b.WriteString("    damage QEMU reads through (qemu-img check reports it):\n")
 		for _, k := range layers.DamageKinds() {

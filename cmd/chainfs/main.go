@@ -7,6 +7,7 @@
 //	chainfs info [--json] IMAGE
 //	chainfs map [--layer N] IMAGE
 //	chainfs depth [--layer N] [--json] IMAGE
+//	chainfs bitmap [--layer N] [--json] IMAGE BITMAP
 //	chainfs IMAGE MOUNTPOINT [-o OPTIONS]   (as mount.fuse3 calls it, for /etc/fstab)
 //	chainfs version | --version
 package main
@@ -26,11 +27,16 @@ const usage = `usage:
   chainfs info [--json] IMAGE                qemu-img info --backing-chain of IMAGE
   chainfs map [--layer N] IMAGE              qemu-img map --output=json of a layer
   chainfs depth [--layer N] [--json] IMAGE   nbdinfo --map=qemu:allocation-depth of a layer
+  chainfs bitmap [--layer N] [--json] IMAGE BITMAP
+                                             nbdinfo --map=qemu:dirty-bitmap:BITMAP of a layer
+  (map and depth take --snapshot SNAP: an internal snapshot of the layer)
   chainfs IMAGE MOUNTPOINT [-o OPTIONS]      mount, as mount.fuse3 (/etc/fstab) calls it
   chainfs version                            the version and Go build information
 
 For every layer N (0 is IMAGE) the mount shows N-NAME.raw (the layer read
-with its backing chain), N-NAME.map.json and N-NAME.depth.
+with its backing chain), N-NAME.map.json and N-NAME.depth; N-NAME@SNAP.raw,
+.map.json and .depth for each internal snapshot SNAP of the layer, and
+N-NAME.BITMAP.bitmap for each persistent dirty bitmap.
 Run "chainfs COMMAND -h" for the options of a command.
 `
 
@@ -55,6 +61,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdMap(args[1:], stdout, stderr)
 	case "depth":
 		return cmdDepth(args[1:], stdout, stderr)
+	case "bitmap":
+		return cmdBitmap(args[1:], stdout, stderr)
 	case "version", "-version", "--version", "-V":
 		return cmdVersion(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":

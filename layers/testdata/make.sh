@@ -44,4 +44,34 @@ io bitmap.qcow2 "write -P 0x71 0 1k"
 img -o cluster_size=512,backing_file=v2.qcow2,backing_fmt=qcow2 backing.qcow2
 io backing.qcow2 "write -P 0x81 512 512"
 
+# Snapshots across a resize, an empty name, a bitmap in use and a disabled
+# one: the shapes of the snapshot table and the bitmap directory.
+img -o cluster_size=512 inner.qcow2 16K
+io inner.qcow2 "write -P 0x91 0 4k"
+qemu-img snapshot -c s1 inner.qcow2
+qemu-img resize -q inner.qcow2 24K
+qemu-img bitmap --add -g 512 inner.qcow2 b0
+qemu-img bitmap --add -g 4k --disable inner.qcow2 "b/1"
+io inner.qcow2 "write -P 0x92 2k 4k" "write -z 20k 1k"
+qemu-img snapshot -c "" inner.qcow2
+qemu-img bitmap --add inner.qcow2 in-use
+io inner.qcow2 "write -P 0x93 12k 1k"
+# Set the in-use flag (bit 0 of the flags at +12) of the third bitmap.
+python3 - inner.qcow2 <<'PY'
+import struct, sys
+f = open(sys.argv[1], 'r+b')
+f.seek(100); hl = struct.unpack('>I', f.read(4))[0]
+off = hl
+while True:
+    f.seek(off); typ, n = struct.unpack('>II', f.read(8))
+    if typ == 0x23852875:
+        f.seek(off + 8 + 16); d = struct.unpack('>Q', f.read(8))[0]; break
+    off += 8 + (n + 7) // 8 * 8
+for _ in range(2):
+    f.seek(d + 18); nl = struct.unpack('>H', f.read(2))[0]
+    d += (24 + nl + 7) // 8 * 8
+f.seek(d + 12); fl = struct.unpack('>I', f.read(4))[0]
+f.seek(d + 12); f.write(struct.pack('>I', fl | 1))
+PY
+
 ls -l ./*.qcow2
