@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -28,6 +29,25 @@ func brokenChain(t *testing.T) string {
 	l2 := int64(imagetest.ReadBE64(t, top, l1) & 0x00fffffffffffe00)
 	imagetest.PatchBE64(t, top, l2+8*2, 1<<63|64<<20) // guest 128k: past EOF
 	return top
+}
+
+// syncBuffer is a bytes.Buffer that goroutines may write while another
+// reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 const pastEOF = "data cluster for guest offset 0x20000 at 0x4000000 lies beyond end of file"
@@ -74,7 +94,7 @@ func TestBrokenLayer(t *testing.T) {
 		want := imagetest.ConvertRaw(t, top, "qcow2")
 		const warning = "top.qcow2: L2 table at 0x40000: 1 data clusters reach past end of file"
 		log := strictLog(t, warning)
-		var logged bytes.Buffer
+		var logged syncBuffer // written by the server's goroutines
 		log.SetOutput(&logged)
 		chain, err := layers.Open(top, &layers.Options{Log: slogrus.New(log)})
 		if err != nil {
@@ -97,7 +117,7 @@ func TestBrokenLayer(t *testing.T) {
 		if want := imagetest.Backports().MapJSON(t, top, "qcow2"); string(m) != want {
 			t.Errorf("map differs from qemu-img map:\n%s\nwant:\n%s", m, want)
 		}
-		if !regexp.MustCompile(`level=warning msg=".*` + regexp.QuoteMeta(warning) + `.*damage=data-cluster-past-eof file=.*top.qcow2 guest_offset=131072 host_offset=67108864 l2_table=262144 structure="data cluster"`).Match(logged.Bytes()) {
+		if !regexp.MustCompile(`level=warning msg=".*` + regexp.QuoteMeta(warning) + `.*damage=data-cluster-past-eof file=.*top.qcow2 guest_offset=131072 host_offset=67108864 l2_table=262144 structure="data cluster"`).MatchString(logged.String()) {
 			t.Errorf("no warning naming the file, structure and offsets:\n%s", logged.String())
 		}
 		if d := chain.Top().Damage(); d[layers.DamageDataCluster] != 1 || d.Total() != 1 {

@@ -204,8 +204,28 @@ func (s *server) run(lf *logFlags) int {
 		s.ready.Close()
 	}
 	srv.Wait()
+	logDamage(log, chain)
 	log.WithField("mountpoint", mnt).Info("unmounted")
 	return exitOK
+}
+
+// logDamage sums up, per layer, the damage QEMU reads through that the
+// mount met: each structure was logged as it was first read, but only so
+// many per image.
+func logDamage(log logrus.FieldLogger, chain *layers.Chain) {
+	for _, l := range chain.Layers {
+		d := l.Damage()
+		if d.Total() == 0 {
+			continue
+		}
+		f := logrus.Fields{"layer": l.Index, "path": l.Path}
+		for _, k := range layers.DamageKinds() {
+			if d[k] > 0 {
+				f[k.Key()] = d[k]
+			}
+		}
+		log.WithFields(f).Warn("damage the layer's reads met (QEMU reads through it; qemu-img check reports it)")
+	}
 }
 
 // handleSignals unmounts on SIGINT and SIGTERM (and SIGHUP in the
