@@ -226,10 +226,15 @@ type tableBits []atomic.Uint64
 
 func newTableBits(n int) tableBits { return make(tableBits, (n+63)/64) }
 
-// set sets bit i and reports whether it was clear.
+// set sets bit i and reports whether it was clear. A plain load first:
+// every read of a table asks, and once set a bit stays set.
 func (b tableBits) set(i int64) bool {
 	m := uint64(1) << (i & 63)
-	return b[i>>6].Or(m)&m == 0
+	w := &b[i>>6]
+	if w.Load()&m != 0 {
+		return false
+	}
+	return w.Or(m)&m == 0
 }
 
 // Where damage is noticed. Each function below looks at one structure the
@@ -334,46 +339,53 @@ func (d *l2Damage) add(k DamageKind, guest, host int64, e uint64, l2i int64) {
 // meet them; strict mode checks each entry as it reads it.
 func (v *qcow2View) scanL2(i int64, off uint64, t []byte) {
 	var d l2Damage
-	fsize := v.file.Size()
 	entrySize := int64(8)
 	if v.extL2 {
 		entrySize = 16
 	}
-	be := binary.BigEndian
+	// The entries that map guest bytes below the virtual size.
 	base := i << v.spanBits
-	for l2i := int64(0); l2i < 1<<v.l2Bits; l2i++ {
-		guest := base + l2i<<v.cbits
-		if guest >= v.size {
-			break
-		}
-		e := l2Entry(be.Uint64(t[l2i*entrySize:]))
-		if e == 0 {
+	n := min(int64(1)<<v.l2Bits, (v.size-base+v.csize-1)>>v.cbits)
+	// Most entries of a healthy table need one test: no compressed or
+	// reserved bit, and a host offset whose whole cluster lies in the file
+	// that holds data. The others take the careful path.
+	limit, step := v.data.Size()-v.csize, int(entrySize)
+	t = t[:n*entrySize]
+	for p := 0; p+8 <= len(t); p += step {
+		e := binary.BigEndian.Uint64(t[p:])
+		if e&(l2Compressed|l2ReservedBits) == 0 && int64(e&l2OffsetMask) <= limit {
 			continue
 		}
 		var bitmap uint64
 		if v.extL2 {
-			bitmap = be.Uint64(t[l2i*entrySize+8:])
+			bitmap = binary.BigEndian.Uint64(t[p+8:])
 		}
-		if e.compressed() {
-			if e.copied() || bitmap != 0 {
-				d.add(DamageCompressedFlags, guest, int64(uint64(e)&v.coffsetMask), uint64(e), l2i)
-			}
-			if coff := uint64(e) & v.coffsetMask; coff >= uint64(fsize) {
-				d.add(DamageCompressedCluster, guest, int64(coff), uint64(e), l2i)
-			}
-			continue
-		}
-		if uint64(e)&l2ReservedBits != 0 {
-			d.add(DamageReservedBits, guest, int64(e.hostOffset()), uint64(e), l2i)
-		}
-		if need := min(v.hostNeed(e, bitmap), v.size-guest); need > 0 {
-			host := e.hostOffset()
-			if host&uint64(v.csize-1) == 0 && host+uint64(need) > uint64(v.data.Size()) {
-				d.add(DamageDataCluster, guest, int64(host), uint64(e), l2i)
-			}
-		}
+		l2i := int64(p) / entrySize
+		v.scanEntry(&d, l2Entry(e), bitmap, base+l2i<<v.cbits, l2i)
 	}
 	v.reportL2(off, &d)
+}
+
+// scanEntry tallies the damage of one L2 entry.
+func (v *qcow2View) scanEntry(d *l2Damage, e l2Entry, bitmap uint64, guest, l2i int64) {
+	if e.compressed() {
+		if e.copied() || bitmap != 0 {
+			d.add(DamageCompressedFlags, guest, int64(uint64(e)&v.coffsetMask), uint64(e), l2i)
+		}
+		if coff := uint64(e) & v.coffsetMask; coff >= uint64(v.file.Size()) {
+			d.add(DamageCompressedCluster, guest, int64(coff), uint64(e), l2i)
+		}
+		return
+	}
+	if uint64(e)&l2ReservedBits != 0 {
+		d.add(DamageReservedBits, guest, int64(e.hostOffset()), uint64(e), l2i)
+	}
+	if need := min(v.hostNeed(e, bitmap), v.size-guest); need > 0 {
+		host := e.hostOffset()
+		if host&uint64(v.csize-1) == 0 && host+uint64(need) > uint64(v.data.Size()) {
+			d.add(DamageDataCluster, guest, int64(host), uint64(e), l2i)
+		}
+	}
 }
 
 // hostNeed returns how many bytes from the start of its host cluster the
