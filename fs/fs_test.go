@@ -134,9 +134,9 @@ func TestGeneratedLazily(t *testing.T) {
 	if _, err := os.ReadDir(mnt); err != nil {
 		t.Fatal(err)
 	}
-	gens := map[string]*genNode{}
+	gens := map[string]*renderedNode{}
 	for name, ch := range root.Children() {
-		if g, ok := ch.Operations().(*genNode); ok {
+		if g, ok := ch.Operations().(*renderedNode); ok {
 			gens[name] = g
 		}
 	}

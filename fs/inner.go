@@ -56,15 +56,16 @@ func (r *rootNode) addInner(ctx context.Context, l *layers.Layer, attr hostAttr)
 		raw := SnapshotFileName(l, tag, ".raw")
 		add(raw, &rawNode{file: f.named(raw)}, innerIno(l.Index, false, i, 0))
 		m := SnapshotFileName(l, tag, ".map.json")
-		add(m, &genNode{file: f.named(m), gen: status.WriteMapJSON}, innerIno(l.Index, false, i, 1))
+		add(m, r.rendered(f.named(m), status.MapJSON.Render), innerIno(l.Index, false, i, 1))
 		d := SnapshotFileName(l, tag, ".depth")
-		add(d, &genNode{file: f.named(d), gen: status.WriteDepth}, innerIno(l.Index, false, i, 2))
+		add(d, r.rendered(f.named(d), status.DepthText.Render), innerIno(l.Index, false, i, 2))
 	}
 	for i, tag := range BitmapTags(l) {
 		b := &l.Bitmaps()[i]
 		name := BitmapFileName(l, tag)
 		f := file{layer: l, attr: attr, log: r.log}.named(name)
-		n := &bitmapNode{genNode: genNode{file: f, gen: func(w io.Writer, _ *layers.Layer) error { return status.WriteBitmap(w, b) }}, unusable: b.Err}
+		render := whole(func(w io.Writer, _ *layers.Layer) error { return status.WriteBitmap(w, b) })
+		n := &bitmapNode{renderedNode: renderedNode{file: f, render: render, chunks: r.texts}, unusable: b.Err}
 		add(name, n, innerIno(l.Index, true, i, 0))
 	}
 }
@@ -74,7 +75,7 @@ func (r *rootNode) addInner(ctx context.Context, l *layers.Layer, attr hostAttr)
 // its VM is running, or died without saving it) is listed, empty, and
 // fails to open with EIO, as qemu-nbd refuses to export it.
 type bitmapNode struct {
-	genNode
+	renderedNode
 	unusable error
 }
 
@@ -83,7 +84,7 @@ func (n *bitmapNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.
 		n.fill(out, 0, 0)
 		return 0
 	}
-	return n.genNode.Getattr(ctx, fh, out)
+	return n.renderedNode.Getattr(ctx, fh, out)
 }
 
 func (n *bitmapNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
@@ -94,7 +95,7 @@ func (n *bitmapNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 		n.log.WithField("op", "open").WithError(n.unusable).Error("QEMU would not use this bitmap: EIO")
 		return nil, 0, syscall.EIO
 	}
-	return n.genNode.Open(ctx, flags)
+	return n.renderedNode.Open(ctx, flags)
 }
 
 func (n *bitmapNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -102,5 +103,5 @@ func (n *bitmapNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, 
 		n.log.WithField("op", "read").WithError(n.unusable).Error("QEMU would not use this bitmap: EIO")
 		return nil, syscall.EIO
 	}
-	return n.genNode.Read(ctx, fh, dest, off)
+	return n.renderedNode.Read(ctx, fh, dest, off)
 }

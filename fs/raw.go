@@ -10,6 +10,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 
+	"github.com/chainfs/chainfs/layers"
 	"github.com/chainfs/chainfs/status"
 )
 
@@ -52,13 +53,19 @@ func (n *rawNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 	return 0
 }
 
+// rawHandle is one open of a view: its reads go through a layers.Stream,
+// which reads compressed clusters ahead while the reads are sequential.
+type rawHandle struct {
+	stream *layers.Stream
+}
+
 // Open allows reading only. The content never changes, so the kernel may
 // keep its page cache across opens, and closing needs no FLUSH round trip.
 func (n *rawNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if errno := n.openFlags(flags); errno != 0 {
 		return nil, 0, errno
 	}
-	return nil, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
+	return &rawHandle{stream: n.layer.NewStream()}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 }
 
 // Read fills dest straight from the layer; reads at or past the end are
@@ -75,12 +82,34 @@ func (n *rawNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 	if off >= n.layer.Size {
 		return fuse.ReadResultData(nil), 0
 	}
-	got, err := n.layer.ReadAt(dest, off)
+	var got int
+	var err error
+	if h, ok := fh.(*rawHandle); ok {
+		got, err = h.stream.ReadAt(dest, off)
+	} else {
+		got, err = n.layer.ReadAt(dest, off)
+	}
 	if err != nil && err != io.EOF {
 		n.log.WithFields(logrus.Fields{"op": "read", "off": off, "len": len(dest)}).WithError(err).Error("read failed: EIO")
 		return nil, syscall.EIO
 	}
-	return fuse.ReadResultData(dest[:got]), 0
+	r := readResults.Get().(*readResult)
+	r.b = dest[:got]
+	return r, 0
+}
+
+// readResult is fuse.ReadResultData's result, back in a pool once go-fuse
+// has taken the bytes (it calls Done right after Bytes): one allocation
+// less per read.
+type readResult struct{ b []byte }
+
+var readResults = sync.Pool{New: func() any { return new(readResult) }}
+
+func (r *readResult) Bytes([]byte) ([]byte, fuse.Status) { return r.b, fuse.OK }
+func (r *readResult) Size() int                          { return len(r.b) }
+func (r *readResult) Done() {
+	r.b = nil
+	readResults.Put(r)
 }
 
 // Lseek answers SEEK_DATA and SEEK_HOLE (the kernel handles the other

@@ -27,6 +27,7 @@ type rootNode struct {
 	log   logrus.FieldLogger
 	attr  hostAttr // of the opened image
 	files int      // regular files in the tree, for statfs
+	texts *renderedCache
 }
 
 // NewRoot returns the root node of a filesystem showing chain. The chain
@@ -36,7 +37,7 @@ func NewRoot(chain *layers.Chain, opts *Options) gofs.InodeEmbedder {
 		opts = &Options{}
 	}
 	log := opts.log()
-	return &rootNode{chain: chain, log: log, attr: statHost(chain.Top(), log)}
+	return &rootNode{chain: chain, log: log, attr: statHost(chain.Top(), log), texts: newRenderedCache()}
 }
 
 // OnAdd builds the whole tree: persistent inodes, so the kernel forgetting
@@ -57,8 +58,8 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 		}
 		f := file{layer: l, attr: attr, log: r.log}
 		add(".raw", &rawNode{file: f.named(entryName(l.Index, base, ".raw"))}, 0)
-		add(".map.json", &genNode{file: f.named(entryName(l.Index, base, ".map.json")), gen: status.WriteMapJSON}, 1)
-		add(".depth", &genNode{file: f.named(entryName(l.Index, base, ".depth")), gen: status.WriteDepth}, 2)
+		add(".map.json", r.rendered(f.named(entryName(l.Index, base, ".map.json")), status.MapJSON.Render), 1)
+		add(".depth", r.rendered(f.named(entryName(l.Index, base, ".depth")), status.DepthText.Render), 2)
 		r.files += filesPerLayer
 		r.addInner(ctx, l, attr)
 	}

@@ -4,14 +4,16 @@ import (
 	"github.com/chainfs/chainfs/internal/lru"
 )
 
-// Cache holds metadata tables read from image files (L2 tables, for now)
-// for every layer of one or more chains, within one byte budget: memory
-// stays bounded by the budget however many layers a chain has and however
-// large they are. Entries are keyed by file and host offset, so the views
-// of one file (its current state and its internal snapshots) share them.
-// It is safe for concurrent use.
+// Cache holds what reading one or more chains keeps in memory, each part
+// within its own byte budget: metadata tables read from image files (L2
+// tables, for now), and inflated compressed clusters with read-ahead
+// (clustercache.go). Memory stays bounded by the budgets however many
+// layers a chain has and however large they are. Entries are keyed by
+// file and host offset, so the views of one file (its current state and
+// its internal snapshots) share them. It is safe for concurrent use.
 type Cache struct {
-	tables *lru.Cache[cacheKey, []byte]
+	tables   *lru.Cache[cacheKey, []byte]
+	clusters clusterCache
 }
 
 // DefaultCacheBytes is the budget of the cache Open makes when
@@ -19,10 +21,34 @@ type Cache struct {
 // clusters.
 const DefaultCacheBytes = 16 << 20
 
+// CacheSizes are the byte budgets of a Cache.
+type CacheSizes struct {
+	// Tables: metadata tables (DefaultCacheBytes).
+	Tables int64
+	// Clusters: inflated compressed clusters kept for the next read of
+	// another part of them (DefaultClusterCacheBytes).
+	Clusters int64
+	// ReadAhead: clusters inflated ahead of sequential readers, not yet
+	// read (DefaultReadAheadBytes). Zero turns read-ahead off.
+	ReadAhead int64
+}
+
+// DefaultCacheSizes are the budgets of NewCache(DefaultCacheBytes), the
+// cache Open makes when Options.Cache is nil: 24 MiB in all.
+var DefaultCacheSizes = CacheSizes{DefaultCacheBytes, DefaultClusterCacheBytes, DefaultReadAheadBytes}
+
 // NewCache returns a cache that holds at most budget bytes of tables (and
-// at least the last table read, whatever the budget).
+// at least the last table read, whatever the budget), and inflated
+// clusters and read-ahead within their default budgets.
 func NewCache(budget int64) *Cache {
-	return &Cache{tables: lru.New[cacheKey, []byte](budget)}
+	return NewCacheSizes(CacheSizes{budget, DefaultClusterCacheBytes, DefaultReadAheadBytes})
+}
+
+// NewCacheSizes returns a cache with the given budgets.
+func NewCacheSizes(s CacheSizes) *Cache {
+	c := &Cache{tables: lru.New[cacheKey, []byte](s.Tables)}
+	c.clusters.init(s.Clusters, s.ReadAhead)
+	return c
 }
 
 // cacheKey names a table by its file and offset. The file is part of the
@@ -48,4 +74,5 @@ func (c *Cache) put(f *HostFile, off int64, buf []byte) {
 // forget drops every entry of f, for a file that is being closed.
 func (c *Cache) forget(f *HostFile) {
 	c.tables.DeleteFunc(func(k cacheKey) bool { return k.file == f })
+	c.clusters.forget(f)
 }

@@ -35,6 +35,10 @@ type Options struct {
 	// Cache holds the chain's metadata tables. Chains may share one; nil
 	// gives the chain its own of DefaultCacheBytes.
 	Cache *Cache
+	// ResolvedBytes is the budget of the chain's resolved views (what each
+	// layer reads as, through its backing chain, per window of guest
+	// space); 0 means DefaultResolvedBytes.
+	ResolvedBytes int64
 	// Strict turns the damage QEMU reads through (see DamageKind: tables
 	// and clusters past the end of their file, reserved bits) into errors:
 	// a table needed at open refuses the image, anything else fails the
@@ -164,6 +168,11 @@ func Open(path string, opts *Options) (*Chain, error) {
 			c.Layers[depth-1].Backing = l
 		}
 		if l.BackingFile == "" {
+			budget := opts.ResolvedBytes
+			if budget <= 0 {
+				budget = DefaultResolvedBytes
+			}
+			newResolver(c.Layers, budget)
 			return c, nil
 		}
 		if depth+1 >= maxDepth {
@@ -204,7 +213,16 @@ func OpenImageWith(f *HostFile, format Format, dir string, opts *Options) (*Laye
 	if cache == nil {
 		cache = NewCache(DefaultCacheBytes)
 	}
-	return openLayer(f, format, dir, opts, cache, opts.log())
+	l, err := openLayer(f, format, dir, opts, cache, opts.log())
+	if err != nil {
+		return nil, err
+	}
+	resolved := opts.ResolvedBytes
+	if resolved <= 0 {
+		resolved = DefaultResolvedBytes
+	}
+	newResolver([]*Layer{l}, resolved)
+	return l, nil
 }
 
 func openLayer(f *HostFile, format Format, dir string, opts *Options, cache *Cache, log *slog.Logger) (*Layer, error) {

@@ -2,14 +2,12 @@ package layers
 
 import (
 	"bytes"
-	stdflate "compress/flate"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"sync"
 
-	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -18,70 +16,10 @@ import (
 // one cluster whatever the stream says, and trailing input is ignored, as
 // compressed streams are padded to 512-byte sectors.
 
-// inflater is a raw-deflate reader with the bytes.Reader it reads from,
-// pooled together. klauspost's flate decodes from a *bytes.Reader without
-// an interface call per byte, which makes it markedly faster than the
-// standard library's on qcow2's small streams.
-type inflater struct {
-	src bytes.Reader
-	r   io.ReadCloser
-}
-
-var flatePool sync.Pool // of *inflater
-
-// inflateZlib inflates src into dst with klauspost's flate, and when that
-// fails, decides again with the standard library's. klauspost's decoder
-// reads ahead of the last symbol it needs: a stream whose input ends right
-// after the symbols that fill the cluster (legal for QEMU, which stops when
-// its output buffer is full and ignores the rest, as zlib and
-// compress/flate do) fails with it for want of input
-// (testdata/fuzz/FuzzCompressed/6606dcd41cf3912c). Streams QEMU writes end
-// with an end-of-block code and never need the second try, so it costs
-// nothing on good images.
-//
-// One difference from zlib remains, in the other direction: klauspost's
-// decoder accepts a dynamic Huffman block without an end-of-block code,
-// which zlib refuses (263d6fd6d2fca0df); QEMU never writes one.
-func inflateZlib(dst, src []byte) error {
-	if err := inflateZlibFast(dst, src); err == nil {
-		return nil
-	}
-	return inflateZlibStd(dst, src)
-}
-
-var stdFlatePool sync.Pool // of io.ReadCloser from compress/flate
-
-func inflateZlibStd(dst, src []byte) error {
-	r, _ := stdFlatePool.Get().(io.ReadCloser)
-	if r == nil {
-		r = stdflate.NewReader(bytes.NewReader(src))
-	} else if err := r.(stdflate.Resetter).Reset(bytes.NewReader(src), nil); err != nil {
-		return err
-	}
-	defer stdFlatePool.Put(r)
-	_, err := io.ReadFull(r, dst)
-	return err
-}
-
-func inflateZlibFast(dst, src []byte) error {
-	in, _ := flatePool.Get().(*inflater)
-	if in == nil {
-		in = &inflater{}
-		in.src.Reset(src)
-		in.r = flate.NewReader(&in.src)
-	} else {
-		in.src.Reset(src)
-		if err := in.r.(flate.Resetter).Reset(&in.src, nil); err != nil {
-			return err
-		}
-	}
-	defer func() {
-		in.src.Reset(nil)
-		flatePool.Put(in)
-	}()
-	_, err := io.ReadFull(in.r, dst)
-	return err
-}
+// inflateZlib inflates the raw deflate stream src into dst (inflate.go),
+// accepting what compress/flate accepts, which agrees with zlib on every
+// stream QEMU writes.
+func inflateZlib(dst, src []byte) error { return inflate(dst, src) }
 
 var zstdPool sync.Pool // of *zstd.Decoder
 
@@ -224,12 +162,9 @@ func zstdFrameLen(b []byte) (n int, skippable bool, err error) {
 	return n, false, nil
 }
 
-// readCompressed reads and inflates the compressed cluster described by
+// inflateCluster reads and inflates the compressed cluster described by
 // ext into dst (one cluster long).
-func (q *qcow2Image) readCompressed(dst []byte, ext *Extent) error {
-	if c := q.zcache.get(ext.HostOffset, dst); c {
-		return nil
-	}
+func (q *qcow2Image) inflateCluster(dst []byte, ext *Extent) error {
 	if ext.HostOffset >= q.file.Size() {
 		// QEMU reads zeroes there, which never inflate: the read fails
 		// in both, and this says why.
@@ -251,56 +186,11 @@ func (q *qcow2Image) readCompressed(dst []byte, ext *Extent) error {
 		err = inflateZlib(dst, src)
 	}
 	if err != nil {
-		if err == io.ErrUnexpectedEOF || err == io.EOF {
+		if err == io.ErrUnexpectedEOF || err == io.EOF || err == errInflateShort {
 			err = fmt.Errorf("stream ends before one cluster (%d bytes)", len(dst))
 		}
 		return corrupt(q.name, "compressed cluster at %#x (%d bytes) for guest offset %#x does not inflate to one cluster: %v",
 			ext.HostOffset, ext.CompressedSize, ext.Offset&^(q.csize-1), err)
 	}
-	q.zcache.put(ext.HostOffset, dst)
 	return nil
-}
-
-// clusterCache keeps a few recently inflated clusters so that the kernel's
-// 128 KiB reads of a 2 MiB compressed cluster do not inflate it 16 times.
-type clusterCache struct {
-	mu    sync.Mutex
-	size  int64
-	slots [4]struct {
-		off  int64
-		data []byte
-	}
-	next int
-}
-
-func newClusterCache(size int64) *clusterCache {
-	c := &clusterCache{size: size}
-	for i := range c.slots {
-		c.slots[i].off = -1
-	}
-	return c
-}
-
-func (c *clusterCache) get(off int64, dst []byte) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i := range c.slots {
-		if c.slots[i].off == off {
-			copy(dst, c.slots[i].data)
-			return true
-		}
-	}
-	return false
-}
-
-func (c *clusterCache) put(off int64, src []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s := &c.slots[c.next]
-	c.next = (c.next + 1) % len(c.slots)
-	if s.data == nil {
-		s.data = make([]byte, c.size)
-	}
-	copy(s.data, src)
-	s.off = off
 }

@@ -40,6 +40,9 @@ type Layer struct {
 	raw     *rawImage
 	snaps   *snapshotTable   // snapshot.go
 	bitmaps *bitmapDirectory // bitmap.go
+	// res resolves ranges through the chain (resolve.go); layers of one
+	// chain, and other views sharing their backing chain, share it.
+	res *resolver
 }
 
 // Status appends to dst the extents of [off, off+length) as this layer
@@ -68,8 +71,8 @@ func (l *Layer) MetadataPreallocated() (bool, error) {
 	return l.q.metadataPreallocated()
 }
 
-// extentPool recycles the extent slices of ReadAt.
-var extentPool = sync.Pool{New: func() any { s := make([]Extent, 0, 64); return &s }}
+// runPool recycles the run slices of ReadAt.
+var runPool = sync.Pool{New: func() any { s := make([]Run, 0, 64); return &s }}
 
 // ReadAt reads the layer as a guest booted from it sees it: its own data,
 // with unallocated ranges read from the backing chain (zero past a shorter
@@ -98,45 +101,44 @@ func (l *Layer) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// read fills p from [off, off+len(p)), which lies within Size.
+// read fills p from [off, off+len(p)), which lies within Size: it resolves
+// the range through the chain (resolve.go), then reads each run from the
+// layer that holds it.
 func (l *Layer) read(p []byte, off int64) error {
-	sp := extentPool.Get().(*[]Extent)
-	defer extentPool.Put(sp)
-	exts, err := l.Status((*sp)[:0], off, int64(len(p)))
-	*sp = exts[:0]
+	sp := runPool.Get().(*[]Run)
+	defer runPool.Put(sp)
+	runs, err := l.resolveRead((*sp)[:0], off, off+int64(len(p)))
+	*sp = runs[:0]
 	if err != nil {
 		return err
 	}
 	compressed := 0
-	for i := range exts {
-		e := &exts[i]
-		buf := p[e.Offset-off : e.End()-off]
-		switch e.Kind {
-		case Data:
-			if _, err := e.File.ReadAt(buf, e.HostOffset); err != nil {
-				return &FormatError{File: e.File.Name, Msg: fmt.Sprintf("read %d bytes at %#x", len(buf), e.HostOffset), Err: err}
+	for i := range runs {
+		r := &runs[i]
+		buf := p[r.Offset-off : r.End()-off]
+		switch {
+		case r.Kind == Data && !r.HostHole:
+			if _, err := r.File.ReadAt(buf, r.HostOffset); err != nil {
+				return &FormatError{File: r.File.Name, Msg: fmt.Sprintf("read %d bytes at %#x", len(buf), r.HostOffset), Err: err}
 			}
-		case Zero:
-			clear(buf)
-		case Compressed:
+		case r.Kind == Compressed:
 			compressed++
-		case Unallocated:
-			if err := l.readBacking(buf, e.Offset); err != nil {
-				return err
-			}
+		default: // zeroes, a host hole, or nothing anywhere in the chain
+			clear(buf)
 		}
 	}
 	if compressed > 0 {
-		return l.inflateAll(p, off, exts, compressed)
+		return inflateAll(p, off, runs, compressed)
 	}
 	return nil
 }
 
-// inflateAll inflates the compressed clusters among exts into p. Inflating
-// is the one CPU-bound step of a read, so the clusters of one large read
-// are shared out among up to GOMAXPROCS goroutines.
-func (l *Layer) inflateAll(p []byte, off int64, exts []Extent, n int) error {
-	one := func(e *Extent) error { return l.readCompressed(p[e.Offset-off:e.End()-off], e) }
+// inflateAll inflates the compressed clusters among runs into p, each
+// from the layer that holds it. Inflating is the one CPU-bound step of a
+// read, so the clusters of one large read are shared out among up to
+// GOMAXPROCS goroutines.
+func inflateAll(p []byte, off int64, exts []Run, n int) error {
+	one := func(r *Run) error { return r.Layer.readCompressed(p[r.Offset-off:r.End()-off], &r.Extent) }
 	workers := min(n, runtime.GOMAXPROCS(0))
 	if workers <= 1 {
 		for i := range exts {
@@ -179,34 +181,11 @@ func (l *Layer) inflateAll(p []byte, off int64, exts []Extent, n int) error {
 	return firstErr
 }
 
-// readBacking reads an unallocated range from the backing chain.
-func (l *Layer) readBacking(buf []byte, off int64) error {
-	b := l.Backing
-	if b == nil || off >= b.Size {
-		clear(buf)
-		return nil
-	}
-	if rem := b.Size - off; int64(len(buf)) > rem {
-		clear(buf[rem:])
-		buf = buf[:rem]
-	}
-	return b.read(buf, off)
-}
-
-// readCompressed copies the part of a compressed cluster that e covers.
+// readCompressed copies the part of a compressed cluster that e covers,
+// through the chain's cache of inflated clusters.
 func (l *Layer) readCompressed(buf []byte, e *Extent) error {
 	q := l.q
-	start := e.Offset & (q.csize - 1)
-	if start == 0 && int64(len(buf)) == q.csize {
-		return q.readCompressed(buf, e)
-	}
-	cl := clusterBufs.get(q.csize)
-	defer clusterBufs.put(cl)
-	if err := q.readCompressed(cl, e); err != nil {
-		return err
-	}
-	copy(buf, cl[start:])
-	return nil
+	return q.cache.clusters.read(q.qcow2Image, e, buf, e.Offset&(q.csize-1))
 }
 
 // clusterBufs pools cluster-sized scratch buffers by size.

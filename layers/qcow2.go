@@ -28,8 +28,7 @@ type qcow2Image struct {
 	csizeMask   uint64
 	coffsetMask uint64
 
-	cache  *Cache
-	zcache *clusterCache
+	cache *Cache
 	// strict makes the damage QEMU reads through an error (Options.Strict);
 	// damage counts and logs it either way.
 	strict   bool
@@ -47,11 +46,12 @@ type qcow2Image struct {
 type qcow2View struct {
 	*qcow2Image
 	size int64 // virtual size, rounded down to 512 as QEMU does
-	// l1 is the active L1 table, read at open. A snapshot's L1 table
-	// (l1 nil) stays on disk at l1Offset and is read a cluster at a time
-	// through the chain's cache (snapshotL1Entry): views of thousands of
-	// snapshots cost nothing until used, and never more than the cache's
-	// budget.
+	// l1 is the active L1 table, read at open. A snapshot's L1 table, or
+	// an active one larger than l1ResidentBytes (l1 nil), stays on disk
+	// at l1Offset and is read a cluster at a time through the chain's
+	// cache (snapshotL1Entry): views of thousands of snapshots, and deep
+	// chains of huge disks, cost nothing until used, and never more than
+	// the cache's budget.
 	l1       []l1Entry
 	l1Offset uint64
 	l1Size   int64 // entries
@@ -88,18 +88,30 @@ func newQcow2Image(f *HostFile, hdr *Header, data *HostFile, cache *Cache, stric
 	q.csizeShift = 62 - (q.cbits - 8)
 	q.csizeMask = 1<<(q.cbits-8) - 1
 	q.coffsetMask = 1<<q.csizeShift - 1
-	q.zcache = newClusterCache(q.csize)
 	return q
 }
 
-// view reads an L1 table of l1Size entries at l1Offset and returns the
-// view of the image it maps, of the given virtual size. The caller has
-// checked the table against QEMU's limits (qcow2_validate_table), so the
-// allocation is bounded. A table reaching past the end of the file reads
-// as zero there, as in QEMU (damage; an error when strict).
+// l1ResidentBytes bounds the active L1 table that view reads whole. A
+// larger table (more than 1 TiB of guest space with 64 KiB clusters, or
+// 2 GiB with 512-byte ones) is read a cluster at a time through the
+// chain's table cache when used, as a snapshot's is: QEMU allows 32 MiB
+// per table, so a chain of 256 such layers would otherwise hold 8 GiB of
+// L1 tables outside any budget. An L1 entry is looked up once per L2 table
+// a request touches, so paging costs one cache lookup there.
+const l1ResidentBytes = 16 << 10
+
+// view returns the view of the image that an L1 table of l1Size entries
+// at l1Offset maps, of the given virtual size, reading the table now if
+// it is small. The caller has checked the table against QEMU's limits
+// (qcow2_validate_table), so the allocation is bounded. A table reaching
+// past the end of the file reads as zero there, as in QEMU (damage; an
+// error when strict).
 func (q *qcow2Image) view(size int64, l1Offset uint64, l1Size uint32) (*qcow2View, error) {
 	if err := q.tablePastEOF(DamageL1Table, "L1 table", l1Offset, int64(l1Size)*8, fmt.Sprintf("%d entries", l1Size)); err != nil {
 		return nil, err
+	}
+	if int64(l1Size)*8 > l1ResidentBytes {
+		return &qcow2View{qcow2Image: q, size: size &^ 511, l1Offset: l1Offset, l1Size: int64(l1Size)}, nil
 	}
 	raw := make([]byte, int(l1Size)*8)
 	if len(raw) > 0 {
@@ -197,6 +209,12 @@ func (q *qcow2View) status(dst []Extent, off, length int64) ([]Extent, error) {
 		}
 		for off < spanEnd {
 			l2i := (off >> q.cbits) & (1<<q.l2Bits - 1)
+			if n := zeroEntries(table, l2i, (spanEnd-1)>>q.cbits&(1<<q.l2Bits-1), entrySize); n > 0 {
+				runEnd := min(off&^(q.csize-1)+n<<q.cbits, spanEnd)
+				dst = appendExtent(dst, Extent{Offset: off, Length: runEnd - off, Kind: Unallocated})
+				off = runEnd
+				continue
+			}
 			e := l2Entry(be.Uint64(table[l2i*entrySize:]))
 			var bitmap uint64
 			if q.extL2 {
@@ -257,6 +275,22 @@ func (q *qcow2View) status(dst []Extent, off, length int64) ([]Extent, error) {
 		}
 	}
 	return dst, nil
+}
+
+// zeroEntries counts the all-zero L2 entries from index i to last: clusters
+// with nothing allocated, not even a zero flag or a subcluster bit, which
+// read from the backing file. Most entries of a sparse layer are such:
+// skipping them a word at a time is most of resolving it.
+func zeroEntries(table []byte, i, last, entrySize int64) int64 {
+	n := int64(0)
+	for ; i <= last; i++ {
+		e := table[i*entrySize : (i+1)*entrySize]
+		if binary.NativeEndian.Uint64(e) != 0 || (entrySize == 16 && binary.NativeEndian.Uint64(e[8:]) != 0) {
+			break
+		}
+		n++
+	}
+	return n
 }
 
 // setHost fills in the host offset of a subcluster that has one, after the

@@ -285,7 +285,7 @@ func (l *Layer) SnapshotLayer(i int) (*Layer, error) {
 		Index: l.Index, Path: l.Path, Format: l.Format, Size: q.size, ClusterSize: l.ClusterSize,
 		BackingFile: l.BackingFile, BackingFormat: l.BackingFormat, ProbedBacking: l.ProbedBacking,
 		Header: l.Header, File: l.File, DataFile: l.DataFile, Backing: l.Backing,
-		Snapshot: s, q: q,
+		Snapshot: s, q: q, res: l.res,
 	}
 	if t.views == nil {
 		t.views = make(map[int]*Layer)
@@ -308,7 +308,7 @@ func (q *qcow2View) snapshotL1Entry(i int64) (l1Entry, error) {
 	if b == nil {
 		b = make([]byte, q.csize)
 		if _, err := q.file.ReadAt(b, cluster); err != nil {
-			return 0, &FormatError{File: q.name, Msg: fmt.Sprintf("read snapshot L1 table at %#x", q.l1Offset), Err: err}
+			return 0, &FormatError{File: q.name, Msg: fmt.Sprintf("read L1 table at %#x", q.l1Offset), Err: err}
 		}
 		q.cache.put(q.file, cluster, b)
 	}

@@ -110,3 +110,50 @@ func BenchmarkMapFragmented(b *testing.B) {
 	_, f := benchSetup(b)
 	benchMap(b, f)
 }
+
+// BenchmarkDeepChain is issue 13's third target: the map and the depth of
+// every layer of a 256-layer chain, rendered in one process, against one
+// map of its top (both open the chain first). The chain is
+// $CHAINFS_DEEP_TOP (tests/bench/deep.sh passes its own), or 256 layers of
+// 1 GiB built here: a base holding 1 MiB, each overlay one 64 KiB cluster
+// at its own offset.
+//
+//	go test ./status -run XXX -bench DeepChain -benchtime 3x
+func BenchmarkDeepChain(b *testing.B) {
+	top := os.Getenv("CHAINFS_DEEP_TOP")
+	if top == "" {
+		dir := b.TempDir()
+		base := imagetest.Create(b, dir, "base.qcow2", "qcow2", 1<<30)
+		imagetest.QemuIO(b, "qcow2", base, "write -q -P 1 0 1M")
+		top = imagetest.Overlays(b, base, 255, 4<<20)
+	}
+	b.Run("open, map of the top", func(b *testing.B) {
+		for b.Loop() {
+			c, err := layers.Open(top, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := status.WriteMapJSON(io.Discard, c.Top()); err != nil {
+				b.Fatal(err)
+			}
+			c.Close()
+		}
+	})
+	b.Run("open, map and depth of every layer", func(b *testing.B) {
+		for b.Loop() {
+			c, err := layers.Open(top, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, l := range c.Layers {
+				if err := status.WriteMapJSON(io.Discard, l); err != nil {
+					b.Fatal(err)
+				}
+				if err := status.WriteDepth(io.Discard, l); err != nil {
+					b.Fatal(err)
+				}
+			}
+			c.Close()
+		}
+	})
+}

@@ -37,25 +37,70 @@ func AppendMapJSON(b []byte, e Entry) []byte {
 // WriteMapJSON writes what `qemu-img map --output=json` prints for l:
 // "[", one entry per line joined by ",\n", then "]\n".
 func WriteMapJSON(w io.Writer, l *layers.Layer) error {
+	return MapJSON.Render(w, l, Mark{}, nil)
+}
+
+// Text is one of the text renderings of a layer that chainfs shows as
+// files.
+type Text uint8
+
+const (
+	// MapJSON is what `qemu-img map --output=json` prints (WriteMapJSON).
+	MapJSON Text = iota
+	// DepthText is what `nbdinfo --map=qemu:allocation-depth` prints
+	// against `qemu-nbd -A` (WriteDepth).
+	DepthText
+)
+
+// Mark is a point where a rendering can resume: an entry (or line) that
+// starts at guest offset Guest and whose text starts at byte Byte of the
+// rendered file. Rendering from a mark gives the same text as rendering
+// from the start, cut at Byte: entries are merged only forwards, so the
+// entry at a mark is the same whether or not the ones before it were
+// rendered. The zero Mark is the start of the file.
+type Mark struct{ Guest, Byte int64 }
+
+// Render writes the text of l from mark from (the zero Mark: the whole
+// file) to its end. mark, if not nil, is called with the mark of each entry
+// before its text is written, so that callers can resume there later
+// without keeping the text.
+func (t Text) Render(w io.Writer, l *layers.Layer, from Mark, mark func(Mark)) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
+	pos := from.Byte
 	buf := make([]byte, 0, 256)
-	first := true
-	if _, err := bw.WriteString("["); err != nil {
-		return err
-	}
-	err := Map(l, 0, l.Size, func(e Entry) error {
-		buf = buf[:0]
-		if !first {
-			buf = append(buf, ",\n"...)
+	emit := func(start int64, text []byte) error {
+		if mark != nil {
+			mark(Mark{start, pos})
 		}
-		first = false
-		_, err := bw.Write(AppendMapJSON(buf, e))
-		return err
-	})
-	if err != nil {
+		pos += int64(len(text))
+		_, err := bw.Write(text)
 		return err
 	}
-	if _, err := bw.WriteString("]\n"); err != nil {
+	var err error
+	switch t {
+	case MapJSON:
+		if from.Byte == 0 {
+			bw.WriteString("[")
+			pos = 1
+		}
+		err = Map(l, from.Guest, l.Size-from.Guest, func(e Entry) error {
+			buf = buf[:0]
+			if e.Start > 0 { // every entry but the first follows a comma
+				buf = append(buf, ",\n"...)
+			}
+			return emit(e.Start, AppendMapJSON(buf, e))
+		})
+		if err == nil {
+			_, err = bw.WriteString("]\n")
+		}
+	case DepthText:
+		err = Depth(l, from.Guest, l.Size-from.Guest, func(e DepthExtent) error {
+			return emit(e.Offset, AppendDepthLine(buf[:0], e))
+		})
+	default:
+		err = fmt.Errorf("status: unknown text %d", t)
+	}
+	if err != nil {
 		return err
 	}
 	return bw.Flush()
@@ -73,18 +118,34 @@ func DepthDescription(depth int) string {
 }
 
 // WriteDepth writes what `nbdinfo --map=qemu:allocation-depth` prints for
-// l served by `qemu-nbd -A`: offset, length and value right-aligned in
-// columns of 10, 10 and 3, then the description.
+// l served by `qemu-nbd -A`: one line per extent (AppendDepthLine).
 func WriteDepth(w io.Writer, l *layers.Layer) error {
-	bw := bufio.NewWriterSize(w, 64<<10)
-	err := Depth(l, 0, l.Size, func(e DepthExtent) error {
-		_, err := fmt.Fprintf(bw, "%10d  %10d  %3d  %s\n", e.Offset, e.Length, e.Depth, DepthDescription(e.Depth))
-		return err
-	})
-	if err != nil {
-		return err
+	return DepthText.Render(w, l, Mark{}, nil)
+}
+
+// AppendDepthLine appends the line nbdinfo prints for e: offset, length
+// and value right-aligned in columns of 10, 10 and 3, two spaces apart,
+// then the description.
+func AppendDepthLine(b []byte, e DepthExtent) []byte {
+	b = appendRight(b, int64(e.Offset), 10)
+	b = append(b, "  "...)
+	b = appendRight(b, e.Length, 10)
+	b = append(b, "  "...)
+	b = appendRight(b, int64(e.Depth), 3)
+	b = append(b, "  "...)
+	b = append(b, DepthDescription(e.Depth)...)
+	return append(b, '\n')
+}
+
+// appendRight appends n right-aligned in width columns (wider if it needs
+// more), as printf's %*d does.
+func appendRight(b []byte, n int64, width int) []byte {
+	var digits [20]byte
+	d := strconv.AppendInt(digits[:0], n, 10)
+	for i := len(d); i < width; i++ {
+		b = append(b, ' ')
 	}
-	return bw.Flush()
+	return append(b, d...)
 }
 
 // WriteDepthJSON writes what `nbdinfo --json --map=qemu:allocation-depth`

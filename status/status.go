@@ -6,8 +6,10 @@
 //   - the allocation depth: what `nbdinfo --map=qemu:allocation-depth`
 //     prints against `qemu-nbd -A` serving the layer (Depth, WriteDepth).
 //
-// Both stream: they hold one L2 table's worth of extents at a time,
-// whatever the image size.
+// Both are computed from the layer's resolved runs (layers.Layer.Runs),
+// which the layers of a chain share: mapping every layer of a deep chain
+// costs about as much as mapping its top. Both stream, in memory bounded
+// by the chain's caches whatever the image size.
 package status
 
 // Entry is one line of `qemu-img map --output=json`.

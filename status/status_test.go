@@ -180,6 +180,13 @@ var cases = []chainCase{
 		qio(t, top, "qcow2", "write -z 64k 64k", "write -P 2 5M 64k")
 		return top
 	}},
+	{name: "L1 table read through the cache: 4 KiB clusters, 64 GiB", build: func(t *testing.T, dir string) string {
+		base := qcow2(t, dir, "base.qcow2", 64<<30, "cluster_size=4096")
+		qio(t, base, "qcow2", "write -P 1 0 64k", "write -P 2 40G 8k", "write -z 63G 4k")
+		top := qcow2(t, dir, "top.qcow2", 64<<30, "cluster_size=4096", "backing_file=base.qcow2", "backing_fmt=qcow2")
+		qio(t, top, "qcow2", "write -P 3 4k 4k", "write -z 40G 4k", "write -c -P 4 2G 4k", "write -P 5 68719472640 4k")
+		return top
+	}, compressed: [][2]int64{{2 << 30, 4 * K}}},
 	{name: "22-layer chain", build: func(t *testing.T, dir string) string {
 		prev := raw(t, dir, "l00.raw", 2*M)
 		qio(t, prev, "raw", "write -P 0x1 0 64k")

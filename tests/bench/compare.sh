@@ -26,6 +26,17 @@
 #       "IOPS" were cache hits); W4_DIRECT=0 for buffered reads, each job
 #       in its own part of the file
 #   W6  cp --sparse=always of a 4 TiB qcow2 view with four small extents
+#   W3R fio 4 KiB random reads (psync, 1 job, W3R_RUNTIME seconds) of the
+#       W3 zlib view (issue 10)
+#   DQ  O_DIRECT queues, as backup tools and VMs read (issue 10): fio
+#       libaio --direct=1 on the W1 view, also against the ceiling:
+#       DQ4k 4 KiB random at iodepth 32, DQ64k 64 KiB random at iodepth
+#       16, DQ1M 1 MiB sequential at iodepth 4
+#   EXT4 tar of every file of an ext4 filesystem holding Go's source tree
+#       (mke2fs -d), stored zlib-compressed with a small uncompressed
+#       overlay (issue 10): each run puts a read-only loop device on the
+#       view, mounts it, runs tar -c of the whole tree into a pipe, and
+#       unmounts, so the view and the filesystem start cold
 #
 # and each daemon's peak RSS during each workload (VmRSS sampled every
 # 100 ms). Must run as root (drop_caches fallback) or at least be able
@@ -41,7 +52,14 @@
 #   W6_TIMEOUT=300 seconds before a W6 copy counts as failed
 #   QUIET_MAX=10   seconds to wait before each round for the CPUs to be
 #                  at most QUIET_BUSY=0.25 busy (others' work skews runs)
-#   WORKLOADS="W1 W2 W3 W4 W6"   which to run
+#   W3R_RUNTIME=3  seconds per W3R fio run
+#   EXT4_SRC=DIR   the tree EXT4 puts in its filesystem (default: the
+#                  src directory of the Go that builds chainfs)
+#   WORKLOADS="W1 W2 W3 W4 W6 W3R DQ EXT4"   which to run; add DEEP for
+#                  the deep-chain measurements of tests/bench/deep.sh
+#                  (issue 13: ls -l, du -s, reads, maps, RSS and mount time
+#                  for chains of up to 256 layers), run first;
+#                  WORKLOADS=DEEP runs only those
 #   PROFILE=1      also record a perf profile of the chainfs daemon over
 #                  one extra W1, W2, W3 and W4 (4 jobs) run each, and
 #                  print its top symbols
@@ -68,7 +86,8 @@ W4_DIRECT=${W4_DIRECT:-1}
 QUIET_MAX=${QUIET_MAX:-10}
 QUIET_BUSY=${QUIET_BUSY:-0.25}
 W6_TIMEOUT=${W6_TIMEOUT:-300}
-WORKLOADS=${WORKLOADS:-W1 W2 W3 W4 W6}
+W3R_RUNTIME=${W3R_RUNTIME:-3}
+WORKLOADS=${WORKLOADS:-W1 W2 W3 W4 W6 W3R DQ EXT4}
 PROFILE=${PROFILE:-0}
 KEEP=${KEEP:-0}
 
@@ -76,12 +95,18 @@ log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
 want() { case " $WORKLOADS " in *" $1 "*) return 0 ;; esac; return 1; }
 
+if want DEEP; then
+	bash tests/bench/deep.sh
+	WORKLOADS=$(echo " $WORKLOADS " | sed 's/ DEEP / /g')
+	[ -n "${WORKLOADS// /}" ] || exit 0
+fi
+
 # ---------------------------------------------------------------- setup
 
 bash tests/install-deps.sh
 command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
 command -v go >/dev/null || die "Go is not installed (needed to build chainfs)"
-for t in qemu-img qemu-io qemu-storage-daemon fio fusermount3 dd cp cmp timeout; do
+for t in qemu-img qemu-io qemu-storage-daemon fio fusermount3 dd cp cmp timeout mke2fs debugfs losetup tar sha256sum; do
 	command -v "$t" >/dev/null || die "$t is missing"
 done
 
@@ -94,10 +119,15 @@ RESULTS=$WORK/out/results.tsv
 # Everything started, by pid, and everything mounted, by path.
 PIDS=()
 MOUNTS=()
+LOOPS=()
 cleanup() {
 	local rc=$? m p
 	trap - EXIT INT TERM
 	set +e
+	if grep -qF " $WORK/mnt/ext4 " /proc/mounts; then umount "$WORK/mnt/ext4" 2>/dev/null || umount -l "$WORK/mnt/ext4"; fi
+	for d in "${LOOPS[@]}"; do
+		losetup -d "$d" 2>/dev/null
+	done
 	for m in "${MOUNTS[@]}"; do
 		if grep -qF " $m " /proc/mounts; then
 			fusermount3 -u "$m" 2>/dev/null || fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
@@ -135,7 +165,7 @@ BT=$WORK/bin/benchtool
 
 IMG=$WORK/img
 cd "$IMG"
-if want W1 || want W4; then
+if want W1 || want W4 || want DQ; then
 	log "W1: $W1_SIZE random base, every 3rd cluster rewritten in the middle layer, every 5th in the top"
 	"$BT" random base.raw "$W1_SIZE" 1
 	qemu-img convert -f raw -O qcow2 -o cluster_size=65536 base.raw w1-base.qcow2
@@ -154,11 +184,11 @@ if want W1 || want W4; then
 		log "  w1-$l.qcow2: $(qemu-img info --output=json -f qcow2 w1-$l.qcow2 | grep -m1 '"actual-size"' | tr -dc 0-9) bytes on disk"
 	done
 fi
-if want W2 || want W3; then
+if want W2 || want W3 || want W3R; then
 	log "W2/W3: $TEXT_SIZE of compressible text with zero runs and incompressible stretches"
 	"$BT" text text.raw "$TEXT_SIZE" 7
 	if want W2; then qemu-img convert -c -f raw -O qcow2 -o compression_type=zstd,cluster_size=65536 text.raw w2-zstd.qcow2; fi
-	if want W3; then qemu-img convert -c -f raw -O qcow2 -o compression_type=zlib,cluster_size=65536 text.raw w3-zlib.qcow2; fi
+	if want W3 || want W3R; then qemu-img convert -c -f raw -O qcow2 -o compression_type=zlib,cluster_size=65536 text.raw w3-zlib.qcow2; fi
 	for f in w2-zstd.qcow2 w3-zlib.qcow2; do
 		if [ -e $f ]; then log "  $f: $(stat -c %s $f) bytes for $(stat -c %s text.raw)"; fi
 	done
@@ -173,6 +203,32 @@ if want W6; then
 		-c "write -q -P 0x33 $((2 * T + 3 * 1048576)) 196608" \
 		-c "write -q -P 0x44 $((4 * T - 262144)) 262144" \
 		w6-4t.qcow2
+fi
+if want EXT4; then
+	EXT4_SRC=${EXT4_SRC:-$(go env GOROOT)/src}
+	[ -d "$EXT4_SRC" ] || die "EXT4_SRC $EXT4_SRC is not a directory"
+	log "EXT4: ext4 of $EXT4_SRC ($(find "$EXT4_SRC" -type f | wc -l) files, $(du -sm "$EXT4_SRC" | cut -f1) MiB), zlib, with an overlay"
+	# Fixed UUID, hash seed and time, so the filesystem is the same from
+	# run to run of the script.
+	E2FSPROGS_FAKE_TIME=1700000000 mke2fs -q -t ext4 -b 4096 -U 6c1b3c2e-0f6a-4d0e-9a55-3c1f0a2b4d10 \
+		-E hash_seed=0b8d3b64-5f2c-4e55-8a0e-1d2c3b4a5f60,root_owner=0:0 -d "$EXT4_SRC" ext4.raw \
+		$(($(du -sm "$EXT4_SRC" | cut -f1) * 2 + 64))M
+	qemu-img convert -c -f raw -O qcow2 -o compression_type=zlib,cluster_size=65536 ext4.raw ext4-base.qcow2
+	# The overlay: a new file written into a copy with debugfs (no mount
+	# needed), and only the 64 KiB clusters that changed written into a
+	# qcow2 overlay, uncompressed, as a guest's writes would land.
+	cp ext4.raw ext4-mod.raw
+	debugfs -w -R "write $REPO/README.md chainfs-overlay-README.md" ext4-mod.raw >/dev/null 2>&1
+	qemu-img create -q -f qcow2 -o cluster_size=65536 -b ext4-base.qcow2 -F qcow2 ext4-top.qcow2 "$(stat -c %s ext4.raw)"
+	n=0
+	for off in $("$BT" diffclusters ext4.raw ext4-mod.raw 64K); do
+		dd if=ext4-mod.raw of=cluster.tmp bs=64K skip=$((off / 65536)) count=1 status=none
+		qemu-io -f qcow2 -c "write -q -s cluster.tmp $off 64k" ext4-top.qcow2
+		n=$((n + 1))
+	done
+	rm -f cluster.tmp ext4.raw
+	[ "$n" -gt 0 ] || die "EXT4: the overlay changed no cluster"
+	log "  ext4-base.qcow2: $(stat -c %s ext4-base.qcow2) bytes for $(stat -c %s ext4-mod.raw); overlay: $n clusters"
 fi
 cd "$REPO"
 HOSTFILES=("$IMG"/*)
@@ -247,19 +303,20 @@ mount_ceiling() { # KEY RAW
 }
 
 log "mounting"
-if want W1 || want W4; then
+if want W1 || want W4 || want DQ; then
 	mount_chainfs w1 "$IMG/w1-top.qcow2"
 	mount_qsd w1 "$IMG/w1-top.qcow2"
 	mount_ceiling w1 "$IMG/w1-top.raw"
 fi
 if want W2; then mount_chainfs w2 "$IMG/w2-zstd.qcow2"; mount_qsd w2 "$IMG/w2-zstd.qcow2"; fi
-if want W3; then mount_chainfs w3 "$IMG/w3-zlib.qcow2"; mount_qsd w3 "$IMG/w3-zlib.qcow2"; fi
+if want W3 || want W3R; then mount_chainfs w3 "$IMG/w3-zlib.qcow2"; mount_qsd w3 "$IMG/w3-zlib.qcow2"; fi
 if want W6; then mount_chainfs w6 "$IMG/w6-4t.qcow2"; mount_qsd w6 "$IMG/w6-4t.qcow2"; fi
+if want EXT4; then mount_chainfs ext4 "$IMG/ext4-top.qcow2"; mount_qsd ext4 "$IMG/ext4-top.qcow2"; fi
 
 # ---------------------------------------------------------------- checks
 
 log "checking that every view reads the bytes qemu-img reads"
-if want W1 || want W4; then
+if want W1 || want W4 || want DQ; then
 	for k in cfs-w1 qsd-w1 ceil-w1; do
 		cmp "${VIEW[$k]}" "$IMG/w1-top.raw" || die "$k differs from qemu-img convert of w1-top.qcow2"
 	done
@@ -278,6 +335,39 @@ if want W6; then
 		log "  $k: cp --sparse=always copy matches, $(du -k "$WORK/out/w6-copy" | cut -f1) KiB allocated"
 		rm -f "$WORK/out/w6-copy"
 	done
+fi
+
+# EXT4 runs mount the view's filesystem through a read-only loop device.
+EXT4_MNT=$WORK/mnt/ext4
+MOUNTS+=("$EXT4_MNT")
+ext4_attach() { # VIEW: loop device and mount at $EXT4_MNT
+	local dev
+	dev=$(losetup -r -f --show "$1") || die "losetup of $1 failed"
+	LOOPS+=("$dev")
+	mkdir -p "$EXT4_MNT"
+	mount -t ext4 -o ro,noload "$dev" "$EXT4_MNT" || die "mount of the ext4 in $1 ($dev) failed"
+	EXT4_DEV=$dev
+}
+ext4_detach() {
+	umount "$EXT4_MNT" || die "umount $EXT4_MNT failed"
+	losetup -d "$EXT4_DEV" || die "losetup -d $EXT4_DEV failed"
+	LOOPS=()
+}
+if want EXT4; then
+	for k in cfs-ext4 qsd-ext4; do
+		cmp "${VIEW[$k]}" "$IMG/ext4-mod.raw" || die "$k differs from the filesystem it was made from"
+	done
+	rm -f "$IMG/ext4-mod.raw"
+	HOSTFILES=("$IMG"/*)
+	sums=()
+	for k in cfs-ext4 qsd-ext4; do
+		ext4_attach "${VIEW[$k]}"
+		sums+=("$(tar -C "$EXT4_MNT" -cf - . | sha256sum | cut -c1-16)")
+		[ -e "$EXT4_MNT/chainfs-overlay-README.md" ] || die "$k: the overlay's file is missing"
+		ext4_detach
+	done
+	[ "${sums[0]}" = "${sums[1]}" ] || die "tar of the ext4 differs between chainfs (${sums[0]}) and qsd (${sums[1]})"
+	log "  EXT4: tar of the tree reads the same through both ($(echo "${sums[0]}"))"
 fi
 
 # Dropping a FUSE file's pages: POSIX_FADV_DONTNEED drops clean pages
@@ -313,12 +403,30 @@ fi
 
 # ---------------------------------------------------------------- runs
 
+# cache_stats KEY: the chainfs server of KEY logs its cache counters
+# (SIGUSR1); prints "HITS MISSES READAHEAD_CLUSTERS READAHEAD_HITS".
+cache_stats() {
+	local log=$WORK/log/chainfs-$1.log n line
+	n=$(grep -c "cache statistics" "$log" 2>/dev/null || true)
+	kill -USR1 "${PID[cfs-$1]}" 2>/dev/null || { echo "0 0 0 0"; return; }
+	for _ in $(seq 50); do
+		[ "$(grep -c "cache statistics" "$log" 2>/dev/null || true)" -gt "${n:-0}" ] && break
+		sleep 0.02
+	done
+	line=$(grep "cache statistics" "$log" | tail -1)
+	for f in cluster_hits cluster_misses readahead_clusters readahead_hits; do
+		printf '%s ' "$(echo "$line" | grep -o "$f=[0-9]*" | cut -d= -f2)"
+	done
+	echo
+}
+
 # run1 WORKLOAD SIDE KEY ROUND KIND: one measured run; appends
 # "WORKLOAD SIDE ROUND VALUE RSS_KIB" to the results.
 run1() {
 	local wl=$1 side=$2 key=$3 round=$4 kind=$5 view=${VIEW[$3]} pid=${PID[$3]}
-	local out secs rss cpu value work unit
+	local out secs rss cpu value work unit stats0=""
 	drop_view "$view" "$side"
+	if [ "$side" = chainfs ]; then stats0=$(cache_stats "${key#cfs-}"); fi
 	case $kind in
 	dd)
 		unit=MiB/s
@@ -343,8 +451,44 @@ run1() {
 			--group_reporting --output-format=json --output="$WORK/out/fio.json" 2>>"$WORK/log/runs.log") ||
 			{ log "$wl $side: fio failed"; out="-1 0 0"; }
 		read -r secs rss cpu <<<"$out"
-		read -r value work <<<"$("$BT" fioiops "$WORK/out/fio.json" 2>>"$WORK/log/runs.log" || echo -1 0)"
+		read -r value work _ <<<"$("$BT" fioiops "$WORK/out/fio.json" 2>>"$WORK/log/runs.log" || echo -1 0)"
 		rm -f "$WORK/out/fio.json"
+		;;
+	zr)
+		unit=IOPS
+		out=$("$BT" run "$pid" -- fio --name=w3r --filename="$view" --readonly --ioengine=psync --rw=randread \
+			--bs=4k --direct="$W4_DIRECT" --time_based --runtime="$W3R_RUNTIME" --numjobs=1 \
+			--output-format=json --output="$WORK/out/fio.json" 2>>"$WORK/log/runs.log") ||
+			{ log "$wl $side: fio failed"; out="-1 0 0"; }
+		read -r secs rss cpu <<<"$out"
+		read -r value work _ <<<"$("$BT" fioiops "$WORK/out/fio.json" 2>>"$WORK/log/runs.log" || echo -1 0)"
+		rm -f "$WORK/out/fio.json"
+		;;
+	aio:*) # aio:RW:BS:IODEPTH, O_DIRECT through libaio
+		local rw bs depth iops ios mibs bytes
+		IFS=: read -r _ rw bs depth <<<"$kind"
+		out=$("$BT" run "$pid" -- fio --name=dq --filename="$view" --readonly --ioengine=libaio --direct=1 \
+			--rw="$rw" --bs="$bs" --iodepth="$depth" --time_based --runtime="$FIO_RUNTIME" --numjobs=1 \
+			--output-format=json --output="$WORK/out/fio.json" 2>>"$WORK/log/runs.log") ||
+			{ log "$wl $side: fio failed"; out="-1 0 0"; }
+		read -r secs rss cpu <<<"$out"
+		read -r iops ios mibs bytes <<<"$("$BT" fioiops "$WORK/out/fio.json" 2>>"$WORK/log/runs.log" || echo -1 0 -1 0)"
+		rm -f "$WORK/out/fio.json"
+		if [ "$bs" = 1M ]; then
+			unit=MiB/s value=$mibs work=$bytes
+		else
+			unit=IOPS value=$iops work=$ios
+		fi
+		;;
+	tar)
+		unit=s
+		work=1
+		ext4_attach "$view"
+		out=$("$BT" run "$pid" -- sh -c "tar -C '$EXT4_MNT' -cf - . | cat >/dev/null" 2>>"$WORK/log/runs.log") ||
+			{ log "$wl $side: tar failed"; out="-1 0 0"; }
+		ext4_detach
+		read -r secs rss cpu <<<"$out"
+		value=$secs
 		;;
 	cp)
 		unit=s
@@ -359,6 +503,12 @@ run1() {
 		;;
 	esac
 	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$side" "$round" "$value" "$rss" "$cpu" "$work" >>"$RESULTS"
+	if [ -n "$stats0" ]; then
+		local h0 m0 a0 ah0 h1 m1 a1 ah1
+		read -r h0 m0 a0 ah0 <<<"$stats0"
+		read -r h1 m1 a1 ah1 <<<"$(cache_stats "${key#cfs-}")"
+		printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$wl" "$round" $((h1 - h0)) $((m1 - m0)) $((a1 - a0)) $((ah1 - ah0)) >>"$WORK/out/cache.tsv"
+	fi
 	log "  $wl round $round $side: $value $unit, daemon CPU ${cpu}s, peak RSS $((rss / 1024)) MiB"
 }
 
@@ -399,6 +549,13 @@ if want W4; then
 	pairs W4j4 fio4 w1 1
 fi
 if want W6; then pairs W6 cp w6 0; fi
+if want W3R; then pairs W3R zr w3 0; fi
+if want DQ; then
+	pairs DQ4k aio:randread:4k:32 w1 1
+	pairs DQ64k aio:randread:64k:16 w1 1
+	pairs DQ1M aio:read:1M:4 w1 1
+fi
+if want EXT4; then pairs EXT4 tar ext4 0; fi
 ELAPSED=$(($(date +%s) - START))
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -425,6 +582,9 @@ if [ "$PROFILE" = 1 ] && command -v perf >/dev/null; then
 		if want W2; then prof W2 cfs-w2 dd; fi
 		if want W3; then prof W3 cfs-w3 dd; fi
 		if want W4; then prof W4j4 cfs-w1 fio4; fi
+		if want W3R; then prof W3R cfs-w3 zr; fi
+		if want DQ; then prof DQ4k cfs-w1 aio:randread:4k:32; fi
+		if want EXT4; then prof EXT4 cfs-ext4 tar; fi
 	} 3>&2 >"$PROFOUT" 2>>"$WORK/log/perf.log" || true
 fi
 
@@ -434,12 +594,16 @@ echo
 echo "== chainfs vs qemu-storage-daemon FUSE export vs go-fuse pread ceiling"
 echo "   $(date -u +%FT%TZ), $(uname -r), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')),"
 echo "   $(qemu-storage-daemon --version | head -1), chainfs $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?'),"
-echo "   N=$N pairs, W1 $W1_SIZE, W2/W3 $TEXT_SIZE, fio ${FIO_RUNTIME}s direct=$W4_DIRECT, measured in ${ELAPSED}s; page-cache drop fallbacks: $DROP_FALLBACKS"
+echo "   N=$N pairs, W1 $W1_SIZE, W2/W3 $TEXT_SIZE, fio ${FIO_RUNTIME}s direct=$W4_DIRECT, W3R ${W3R_RUNTIME}s, measured in ${ELAPSED}s; page-cache drop fallbacks: $DROP_FALLBACKS"
 echo "   load average at start $LOAD_START, at end $LOAD_END; $BUSY_ROUNDS of $ROUNDS rounds started with the CPUs over $QUIET_BUSY busy"
 echo "   (other processes skew single runs; the ratios pair neighbouring runs, and the CPU table below is steadier)"
 echo "   ratio = median over rounds of chainfs/peer (W6: peer time / chainfs time); RSS = max VmRSS sampled every 100 ms"
 echo
 "$BT" report "$RESULTS"
+echo
+echo "chainfs's inflated-cluster cache per run (reads of compressed clusters found in memory / inflated;"
+echo "clusters read ahead, and of them read), medians over rounds:"
+"$BT" cachereport "$WORK/out/cache.tsv"
 echo
 echo "daemon VmHWM over the whole run (KiB):"
 for k in "${!PID[@]}"; do

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -107,6 +108,10 @@ func (f *rawFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 func main() {
 	name := flag.String("name", "", "name of the file in the mount (default: base name of RAW)")
 	maxRead := flag.Int("max-read", defaultMaxRead, "max_read and readahead in bytes")
+	procs := flag.Int("procs", 0, "GOMAXPROCS while serving (0: the runtime's)")
+	readers := flag.Int("readers", 0, "GOMAXPROCS while mounting, which sets go-fuse's reader count (0: as -procs)")
+	bg := flag.Int("max-background", defaultMaxBackground, "max_background")
+	congestion := flag.Int("congestion", 0, "congestion_threshold (0: go-fuse's 3/4 of max_background)")
 	flag.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: ceiling [-name NAME] [-max-read BYTES] RAW MOUNTPOINT")
 		flag.PrintDefaults()
@@ -133,22 +138,31 @@ func main() {
 	timeout := cacheTimeout
 	opts := &gofs.Options{
 		MountOptions: fuse.MountOptions{
-			Options:            []string{"ro", "nosuid", "nodev"},
-			FsName:             path,
-			Name:               "ceiling",
-			MaxWrite:           *maxRead,
-			MaxReadAhead:       *maxRead,
-			MaxBackground:      defaultMaxBackground,
-			DisableReadDirPlus: true,
-			DisableXAttrs:      true,
-			DisableSplice:      true,
+			Options:             []string{"ro", "nosuid", "nodev"},
+			FsName:              path,
+			Name:                "ceiling",
+			MaxWrite:            *maxRead,
+			MaxReadAhead:        *maxRead,
+			MaxBackground:       *bg,
+			CongestionThreshold: *congestion,
+			DisableReadDirPlus:  true,
+			DisableXAttrs:       true,
+			DisableSplice:       true,
 		},
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
 		NegativeTimeout: &timeout,
 	}
 	r := &root{name: *name, file: &rawFile{fd: fd, size: st.Size, blksize: uint32(*maxRead)}}
+	if *procs > 0 {
+		runtime.GOMAXPROCS(*procs)
+	}
+	serving := runtime.GOMAXPROCS(0)
+	if *readers > 0 {
+		runtime.GOMAXPROCS(*readers)
+	}
 	srv, err := gofs.Mount(mnt, r, opts)
+	runtime.GOMAXPROCS(serving)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ceiling: mount %s: %v\n", mnt, err)
 		os.Exit(1)
