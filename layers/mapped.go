@@ -177,3 +177,44 @@ func (s *emptyScan) decide(off int64) {
 		s.decHi = min(s.decHi, s.m.sizes[i])
 	}
 }
+
+// nothingBelow is the fast answer for the empty stretches of a disk: when
+// l and every layer below it down to one that decides has no L2 table at
+// off (a zero L1 entry: nothing there, not even a zero cluster), the range
+// from off to where that stops being true (at most end) is one absent run
+// of the layer where QEMU's search stops. It costs a look at one L1 entry
+// per layer and L2 span, however many windows the range covers: a 4 TiB
+// image with four extents maps in microseconds. ok is false when some
+// layer has a table at off (or is raw): the range needs the windows.
+func (l *Layer) nothingBelow(off, end int64) (Run, bool) {
+	for cur := l; ; {
+		q := cur.q
+		if q == nil {
+			return Run{}, false
+		}
+		if end = min(end, q.unmappedUntil(off, end)); end <= off {
+			return Run{}, false
+		}
+		b := cur.Backing
+		if b == nil || b.Size <= off {
+			return Run{Extent: Extent{Offset: off, Length: end - off, Kind: Unallocated}, Layer: cur}, true
+		}
+		end = min(end, b.Size)
+		cur = b
+	}
+}
+
+// unmappedUntil returns how far from off (up to limit, within the virtual
+// size) the view's L1 table maps no L2 table: off itself when the entry
+// at off has one.
+func (q *qcow2View) unmappedUntil(off, limit int64) int64 {
+	limit = min(limit, q.size)
+	for i := off >> q.spanBits; off < limit; i++ {
+		e, err := q.l1Entry(i)
+		if err != nil || e.l2Offset() != 0 {
+			return off
+		}
+		off = (i + 1) << q.spanBits
+	}
+	return limit
+}

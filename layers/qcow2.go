@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 )
 
 // qcow2Image is an opened qcow2 file: its header, the geometry derived
@@ -38,6 +39,9 @@ type qcow2Image struct {
 		yes  bool
 		err  error
 	}
+	// holeChecks counts the data extents resolve.go asked the host file
+	// about before deciding whether QEMU's preallocation guess matters.
+	holeChecks atomic.Int32
 }
 
 // qcow2View is one state of a qcow2 image that a guest could boot: the

@@ -1,7 +1,6 @@
 package layers
 
 import (
-	"errors"
 	"fmt"
 	"iter"
 	"math/bits"
@@ -97,22 +96,6 @@ type resKey struct {
 	w     int64
 }
 
-// column is what each layer from position from to the bottom decides in
-// one window: runs, grouped by layer, each group by offset; and the points
-// where some layer's decision changes, in offset order.
-type column struct {
-	from   int
-	runs   []Run
-	events []event
-}
-
-// event: from pos on, layer p decides as runs[run], or defers (run -1).
-type event struct {
-	pos int64
-	p   int32
-	run int32
-}
-
 // flat is a layer's answer over one window. direct marks a window that is
 // not resolved through its column (it is too large to cache, or the column
 // cannot be read): walks take the chain layer by layer there.
@@ -188,20 +171,15 @@ func (l *Layer) Runs(off, length int64) iter.Seq2[Run, error] {
 				continue
 			}
 			we := min(l.windowEnd(off), end)
-			f, err := l.flatten(off)
-			var runs []Run
-			switch {
-			case err != nil:
-				yield(Run{}, err)
-				return
-			case f.direct:
+			f := l.flatten(off)
+			runs := f.runs
+			if f.direct {
+				var err error
 				if direct, err = l.direct(direct[:0], off, we, true); err != nil {
 					yield(Run{}, err)
 					return
 				}
 				runs = direct
-			default:
-				runs = f.runs
 			}
 			for i := searchRuns(runs, off); i < len(runs) && runs[i].Offset < we; i++ {
 				if !yield(clip(runs[i], off, we), nil) {
@@ -232,7 +210,7 @@ func (l *Layer) resolveRead(dst []Run, off, end int64) ([]Run, error) {
 				off = e.End()
 				continue
 			} else if r.touch(k) {
-				f, _ = l.flatten(off) // on error, walk the range below
+				f = l.flatten(off)
 			}
 		}
 		if f == nil || f.direct {
@@ -248,47 +226,6 @@ func (l *Layer) resolveRead(dst []Run, off, end int64) ([]Run, error) {
 		off = we
 	}
 	return dst, nil
-}
-
-// nothingBelow is the fast answer for the empty stretches of a disk: when
-// l and every layer below it down to one that decides has no L2 table at
-// off (a zero L1 entry: nothing there, not even a zero cluster), the range
-// from off to where that stops being true (at most end) is one absent run
-// of the layer where QEMU's search stops. It costs a look at one L1 entry
-// per layer and L2 span, however many windows the range covers: a 4 TiB
-// image with four extents maps in microseconds. ok is false when some
-// layer has a table at off (or is raw): the range needs the windows.
-func (l *Layer) nothingBelow(off, end int64) (Run, bool) {
-	for cur := l; ; {
-		q := cur.q
-		if q == nil {
-			return Run{}, false
-		}
-		if end = min(end, q.unmappedUntil(off, end)); end <= off {
-			return Run{}, false
-		}
-		b := cur.Backing
-		if b == nil || b.Size <= off {
-			return Run{Extent: Extent{Offset: off, Length: end - off, Kind: Unallocated}, Layer: cur}, true
-		}
-		end = min(end, b.Size)
-		cur = b
-	}
-}
-
-// unmappedUntil returns how far from off (up to limit, within the virtual
-// size) the view's L1 table maps no L2 table: off itself when the entry
-// at off has one.
-func (q *qcow2View) unmappedUntil(off, limit int64) int64 {
-	limit = min(limit, q.size)
-	for i := off >> q.spanBits; off < limit; i++ {
-		e, err := q.l1Entry(i)
-		if err != nil || e.l2Offset() != 0 {
-			return off
-		}
-		off = (i + 1) << q.spanBits
-	}
-	return limit
 }
 
 // touch records a read of window k and reports whether it was read
@@ -333,23 +270,20 @@ func clip(r Run, from, to int64) Run {
 // flatten returns l's answer over the window holding off, from the cache
 // or resolved now (and cached). A flat marked direct tells the caller to
 // walk the chain instead.
-func (l *Layer) flatten(off int64) (*flat, error) {
+func (l *Layer) flatten(off int64) *flat {
 	r := l.res
 	if r == nil {
-		return &flat{direct: true}, nil
+		return &flat{direct: true}
 	}
 	k := resKey{l, off >> r.windowBits}
 	if v, ok := r.cache.Get(k); ok {
-		return v.(*flat), nil
+		return v.(*flat)
 	}
-	v, err := r.do(k, func() (any, int64, error) {
+	v, _ := r.do(k, func() (any, int64, error) {
 		f := l.buildFlat(k.w)
 		return f, entryBytes + int64(len(f.runs))*runBytes, nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return v.(*flat), nil
+	return v.(*flat)
 }
 
 // buildFlat resolves l over window w: a sweep of the chain's column, or
@@ -384,8 +318,8 @@ func (l *Layer) buildFlat(w int64) *flat {
 		}
 		var below []Run
 		if b := l.Backing; b != nil && ws < b.Size {
-			bf, err := b.flatten(ws)
-			if err != nil || bf.direct {
+			bf := b.flatten(ws)
+			if bf.direct {
 				return &flat{direct: true}
 			}
 			below = bf.runs
@@ -396,309 +330,6 @@ func (l *Layer) buildFlat(w int64) *flat {
 		return &flat{direct: true}
 	}
 	return &flat{runs: slices.Clip(runs)}
-}
-
-// columnFor returns the column of window w holding at least the layers
-// from position p down, building or extending it. A column is built from
-// the layer first asked about; when a layer above is asked about, it is
-// extended to the top of the chain at once, so that a walk down the chain
-// extends each column once.
-func (r *resolver) columnFor(w int64, p int) (*column, error) {
-	k := resKey{nil, w}
-	v, ok := r.cache.Get(k)
-	if ok && v.(*column).from <= p {
-		return v.(*column), nil
-	}
-	var old *column
-	if ok {
-		old = v.(*column)
-	}
-	v, err := r.do(k, func() (any, int64, error) {
-		from := p
-		if old != nil {
-			from = 0
-		}
-		c, err := r.buildColumn(w, from, old)
-		if err != nil {
-			return nil, 0, err
-		}
-		size := entryBytes + int64(len(c.runs))*runBytes + int64(len(c.events))*eventBytes
-		if size > r.maxEntry {
-			size = -1 // used once, not cached
-		}
-		return c, size, nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	c := v.(*column)
-	if c.from > p {
-		// Another caller built a shallower column meanwhile.
-		return r.buildColumn(w, p, c)
-	}
-	return c, nil
-}
-
-// buildColumn reads what the layers from position from down decide in
-// window w, reusing old for the layers it holds.
-func (r *resolver) buildColumn(w int64, from int, old *column) (*column, error) {
-	ws := w << r.windowBits
-	we := ws + 1<<r.windowBits
-	c := &column{from: from}
-	var sc scratch
-	stop := len(r.layers)
-	if old != nil {
-		stop = old.from
-	}
-	var err error
-	for p := from; p < stop; p++ {
-		if c.runs, err = appendOwn(c.runs, r.layers[p], ws, we, &sc); err != nil {
-			return nil, err
-		}
-	}
-	if old != nil {
-		c.runs = append(c.runs, old.runs...)
-	}
-	c.runs = slices.Clip(c.runs)
-	// Events: where each layer starts deciding as each of its runs, and
-	// where it stops deciding (a gap before its next run).
-	for i := range c.runs {
-		ru := &c.runs[i]
-		p := int32(ru.Layer.Index)
-		c.events = append(c.events, event{ru.Offset, p, int32(i)})
-		if i+1 == len(c.runs) || c.runs[i+1].Layer != ru.Layer || c.runs[i+1].Offset != ru.End() {
-			c.events = append(c.events, event{ru.End(), p, -1})
-		}
-	}
-	slices.SortFunc(c.events, func(a, b event) int {
-		switch {
-		case a.pos < b.pos:
-			return -1
-		case a.pos > b.pos:
-			return 1
-		}
-		return 0
-	})
-	c.events = slices.Clip(c.events)
-	return c, nil
-}
-
-// sweepState is a sweep's scratch: the run each layer decides as at the
-// current point, and the set of deciding layers.
-type sweepState struct {
-	cur  []int32
-	bits []uint64
-}
-
-var sweepPool = sync.Pool{New: func() any { return &sweepState{} }}
-
-var errNoDecider = errors.New("no layer decides")
-
-// sweep appends the answer of the layer at position top over [a, b) within
-// the column's window: at each point, the run of the topmost deciding
-// layer at or below top.
-func (c *column) sweep(dst []Run, top int, a, b int64, st *sweepState) ([]Run, error) {
-	n := 0
-	if len(c.runs) > 0 {
-		n = c.runs[len(c.runs)-1].Layer.Index + 1
-	}
-	st.cur = slices.Grow(st.cur[:0], n)[:n]
-	st.bits = slices.Grow(st.bits[:0], (n+63)/64)[:(n+63)/64]
-	clear(st.bits)
-	apply := func(e event) {
-		if int(e.p) < top {
-			return
-		}
-		if e.run < 0 {
-			st.bits[e.p>>6] &^= 1 << (e.p & 63)
-			return
-		}
-		st.cur[e.p] = e.run
-		st.bits[e.p>>6] |= 1 << (e.p & 63)
-	}
-	ev := c.events
-	i := 0
-	for ; i < len(ev) && ev[i].pos <= a; i++ {
-		apply(ev[i])
-	}
-	lastRun := int32(-1)
-	for x := a; x < b; {
-		next := b
-		if i < len(ev) && ev[i].pos < b {
-			next = ev[i].pos
-		}
-		h := -1
-		for wi, word := range st.bits {
-			if word != 0 {
-				h = wi<<6 + bits.TrailingZeros64(word)
-				break
-			}
-		}
-		if h < 0 {
-			return dst, fmt.Errorf("window at %#x: %w at %#x", a, errNoDecider, x)
-		}
-		if ri := st.cur[h]; ri == lastRun {
-			dst[len(dst)-1].Length = next - dst[len(dst)-1].Offset
-		} else {
-			dst = append(dst, clip(c.runs[ri], x, next))
-			lastRun = ri
-		}
-		for ; i < len(ev) && ev[i].pos == next; i++ {
-			apply(ev[i])
-		}
-		x = next
-	}
-	return dst, nil
-}
-
-// overlay appends the answer over [a, b) of a layer that decides own and
-// defers elsewhere to below (its backing file's answer).
-func overlay(dst, own, below []Run, a, b int64) []Run {
-	j := 0
-	x := a
-	for _, o := range own {
-		if o.Offset > x {
-			dst, j = appendRange(dst, below, j, x, o.Offset)
-		}
-		dst = append(dst, o)
-		x = o.End()
-	}
-	if x < b {
-		dst, _ = appendRange(dst, below, j, x, b)
-	}
-	return dst
-}
-
-// appendRange appends runs[j:] clipped to [from, to), returning the index
-// to continue from.
-func appendRange(dst, runs []Run, j int, from, to int64) ([]Run, int) {
-	for j < len(runs) && runs[j].End() <= from {
-		j++
-	}
-	for ; j < len(runs) && runs[j].Offset < to; j++ {
-		dst = append(dst, clip(runs[j], from, to))
-		if runs[j].End() > to {
-			break
-		}
-	}
-	return dst, j
-}
-
-// scratch holds the status extents of one layer at a time.
-type scratch struct{ exts []Extent }
-
-// appendOwn appends what l decides in [ws, we) (clipped to its size):
-// its status where it holds something, where it holds nothing and has no
-// backing file, and where it holds nothing past its backing file's end.
-// Data of a metadata-preallocated image is split where the host file has
-// holes, as block status reports it.
-func appendOwn(dst []Run, l *Layer, ws, we int64, sc *scratch) ([]Run, error) {
-	end := min(we, l.Size)
-	if ws >= end {
-		return dst, nil
-	}
-	exts, err := l.Status(sc.exts[:0], ws, end-ws)
-	sc.exts = exts[:0]
-	if err != nil {
-		return dst, err
-	}
-	return appendDecided(dst, l, exts, true), nil
-}
-
-// appendDecided appends the extents of l that it decides (see appendOwn);
-// holes says whether to split preallocated data at host holes.
-func appendDecided(dst []Run, l *Layer, exts []Extent, holes bool) []Run {
-	b := l.Backing
-	prealloc := false
-	if holes && l.q != nil {
-		prealloc, _ = l.q.metadataPreallocated() // QEMU treats a failed check as "no"
-	}
-	for _, e := range exts {
-		switch {
-		case e.Kind == Unallocated && b != nil:
-			if e.End() <= b.Size {
-				continue
-			}
-			if cut := b.Size - e.Offset; cut > 0 {
-				e.Offset, e.Length = b.Size, e.Length-cut
-				if e.File != nil {
-					e.HostOffset += cut
-				}
-			}
-			dst = append(dst, Run{Extent: e, Layer: l})
-		case e.Kind == Data && prealloc:
-			dst = appendHostHoles(dst, l, e)
-		default:
-			dst = append(dst, Run{Extent: e, Layer: l})
-		}
-	}
-	return dst
-}
-
-// appendHostHoles splits a data extent of a metadata-preallocated image
-// where its host file has holes (qcow2_co_block_status passes the file's
-// status through for such images).
-func appendHostHoles(dst []Run, l *Layer, e Extent) []Run {
-	for done := int64(0); done < e.Length; {
-		data, n, err := e.File.Allocation(e.HostOffset+done, e.Length-done)
-		if err != nil || n <= 0 {
-			n, data = e.Length-done, true // errors only cost the extra information
-		}
-		dst = append(dst, Run{
-			Extent:   Extent{Offset: e.Offset + done, Length: n, Kind: Data, File: e.File, HostOffset: e.HostOffset + done},
-			Layer:    l,
-			HostHole: !data,
-		})
-		done += n
-	}
-	return dst
-}
-
-// direct appends the runs of [off, end) by walking the chain from l as far
-// as each range needs, using the cached answers of the layers below where
-// there are some. It is what a window that cannot be resolved whole, and a
-// first read of a window, take; its errors are exactly those of the
-// tables the range needs.
-func (l *Layer) direct(dst []Run, off, end int64, holes bool) ([]Run, error) {
-	var sc []scratch
-	return l.walk(dst, off, end, holes, &sc, 0)
-}
-
-func (l *Layer) walk(dst []Run, off, end int64, holes bool, sc *[]scratch, depth int) ([]Run, error) {
-	if depth > 0 && l.res != nil {
-		// A layer below with a cached answer needs no walk.
-		if v, ok := l.res.cache.Get(resKey{l, off >> l.res.windowBits}); ok {
-			if f := v.(*flat); !f.direct && (end-1)>>l.res.windowBits == off>>l.res.windowBits {
-				for i := searchRuns(f.runs, off); i < len(f.runs) && f.runs[i].Offset < end; i++ {
-					dst = append(dst, clip(f.runs[i], off, end))
-				}
-				return dst, nil
-			}
-		}
-	}
-	if depth >= len(*sc) {
-		*sc = append(*sc, scratch{})
-	}
-	exts, err := l.Status((*sc)[depth].exts[:0], off, end-off)
-	(*sc)[depth].exts = exts[:0]
-	if err != nil {
-		return dst, err
-	}
-	b := l.Backing
-	for i := range exts {
-		e := exts[i]
-		if e.Kind == Unallocated && b != nil && e.Offset < b.Size {
-			split := min(b.Size, e.End())
-			if dst, err = b.walk(dst, e.Offset, split, holes, sc, depth+1); err != nil {
-				return dst, err
-			}
-			if split == e.End() {
-				continue
-			}
-		}
-		dst = appendDecided(dst, l, exts[i:i+1], holes)
-	}
-	return dst, nil
 }
 
 // flight is one resolution in progress: callers wanting the same answer
