@@ -1,11 +1,8 @@
 package layers
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -42,6 +39,12 @@ type Options struct {
 	// layer reads as, through its backing chain, per window of guest
 	// space); 0 means DefaultResolvedBytes.
 	ResolvedBytes int64
+	// Strict turns the damage QEMU reads through (see DamageKind: tables
+	// and clusters past the end of their file, reserved bits) into errors:
+	// a table needed at open refuses the image, anything else fails the
+	// reads (and maps) of the guest range that needs it. Without it,
+	// chainfs answers as QEMU does and logs each damaged structure once.
+	Strict bool
 }
 
 func (o *Options) log() *slog.Logger {
@@ -146,7 +149,7 @@ func Open(path string, opts *Options) (*Chain, error) {
 					"file", parent.Path, "backing_file", parent.BackingFile, "format", format.String())
 			}
 		}
-		l, err := openLayer(f, format, filepath.Dir(cur), opts.Confine, c.cache, log)
+		l, err := openLayer(f, format, filepath.Dir(cur), opts, c.cache, log)
 		if err != nil {
 			f.Close()
 			return fail(err)
@@ -180,6 +183,8 @@ func Open(path string, opts *Options) (*Chain, error) {
 			return fail(err)
 		}
 		format, probed = FormatUnknown, false
+		// An empty recorded format (or one that a NUL ends at once) is no
+		// format: QEMU probes the backing file.
 		if l.BackingFormat != "" {
 			if format, err = ParseFormat(l.BackingFormat); err != nil {
 				return fail(&FormatError{File: l.Path, Msg: fmt.Sprintf("backing format %q of %q is not supported (only raw and qcow2)", l.BackingFormat, l.BackingFile), Err: ErrUnsupported})
@@ -195,15 +200,32 @@ func Open(path string, opts *Options) (*Chain, error) {
 // (empty: external data files are refused). The image gets a cache of its
 // own and logs to slog.Default().
 func OpenImage(f *HostFile, format Format, dir string) (*Layer, error) {
-	l, err := openLayer(f, format, dir, "", NewCache(DefaultCacheBytes), slog.Default())
+	return OpenImageWith(f, format, dir, nil)
+}
+
+// OpenImageWith is OpenImage with options: Strict, Confine, Log and Cache
+// apply (nil means the defaults).
+func OpenImageWith(f *HostFile, format Format, dir string, opts *Options) (*Layer, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	cache := opts.Cache
+	if cache == nil {
+		cache = NewCache(DefaultCacheBytes)
+	}
+	l, err := openLayer(f, format, dir, opts, cache, opts.log())
 	if err != nil {
 		return nil, err
 	}
-	newResolver([]*Layer{l}, DefaultResolvedBytes)
+	resolved := opts.ResolvedBytes
+	if resolved <= 0 {
+		resolved = DefaultResolvedBytes
+	}
+	newResolver([]*Layer{l}, resolved)
 	return l, nil
 }
 
-func openLayer(f *HostFile, format Format, dir, confine string, cache *Cache, log *slog.Logger) (*Layer, error) {
+func openLayer(f *HostFile, format Format, dir string, opts *Options, cache *Cache, log *slog.Logger) (*Layer, error) {
 	l := &Layer{Path: f.Name, Format: format, File: f}
 	switch format {
 	case FormatRaw:
@@ -225,6 +247,7 @@ func openLayer(f *HostFile, format Format, dir, confine string, cache *Cache, lo
 	if hdr.IncompatibleFeatures&IncompatCorrupt != 0 {
 		log.Warn(f.Name+": image is marked corrupt; reading it read-only, data may be inconsistent", "file", f.Name)
 	}
+	warnCutNames(hdr, f.Name, log)
 	var data *HostFile
 	if hdr.ExternalData() {
 		if dir == "" {
@@ -234,21 +257,28 @@ func openLayer(f *HostFile, format Format, dir, confine string, cache *Cache, lo
 		if err != nil {
 			return nil, err
 		}
-		if err := confined(confine, p); err != nil {
+		if err := confined(opts.Confine, p); err != nil {
 			return nil, fmt.Errorf("%s: external data file %q: %w", f.Name, hdr.DataFile, err)
 		}
 		if data, err = openHostFile(p); err != nil {
 			return nil, &FormatError{File: f.Name, Msg: fmt.Sprintf("external data file %q", hdr.DataFile), Err: err}
 		}
-		if err := confinedFile(confine, data); err != nil {
+		if err := confinedFile(opts.Confine, data); err != nil {
 			data.Close()
 			return nil, fmt.Errorf("%s: external data file %q: %w", f.Name, hdr.DataFile, err)
 		}
 	}
-	// DecodeHeader checked the L1 table against QEMU's 32 MiB limit and
-	// the file size.
-	img := newQcow2Image(f, hdr, data, cache)
-	q, err := img.view(int64(hdr.Size), hdr.L1TableOffset, hdr.L1Size)
+	img := newQcow2Image(f, hdr, data, cache, opts.Strict, log)
+	// QEMU reads the refcount table at open (qcow2_refcount_init), as zero
+	// past the end of the file; chainfs reads it only when it needs
+	// refcounts, but notes (or, strict, refuses) its damage now.
+	err = img.tablePastEOF(DamageRefcountTable, "refcount table", hdr.RefcountTableOffset,
+		int64(hdr.RefcountTableClusters)*img.csize, fmt.Sprintf("%d clusters", hdr.RefcountTableClusters))
+	var q *qcow2View
+	if err == nil {
+		// DecodeHeader checked the L1 table against QEMU's limits.
+		q, err = img.view(int64(hdr.Size), hdr.L1TableOffset, hdr.L1Size)
+	}
 	if err == nil {
 		// What QEMU reads of the image at open besides the header and
 		// the L1 table (snapshot.go, bitmap.go).
@@ -268,6 +298,19 @@ func openLayer(f *HostFile, format Format, dir, confine string, cache *Cache, lo
 	l.BackingFile = hdr.BackingFile
 	l.BackingFormat = hdr.BackingFormat
 	return l, nil
+}
+
+// warnCutNames warns when a recorded name held a NUL: QEMU, and chainfs
+// after it, uses the name up to the NUL only.
+func warnCutNames(h *Header, name string, log *slog.Logger) {
+	if h.BackingFileOffset != 0 && uint32(len(h.BackingFile)) < h.BackingFileSize {
+		log.Warn(fmt.Sprintf("%s: the recorded backing file name (%d bytes) ends at a NUL after %d; using %q, as QEMU does",
+			name, h.BackingFileSize, len(h.BackingFile), h.BackingFile), "file", name, "backing_file", h.BackingFile)
+	}
+	if h.backingFmtCut {
+		log.Warn(fmt.Sprintf("%s: the recorded backing format ends at a NUL; using %q, as QEMU does", name, h.BackingFormat),
+			"file", name, "backing_format", h.BackingFormat)
+	}
 }
 
 // resolveBacking resolves a backing or data file name recorded in the
@@ -290,39 +333,6 @@ func resolveBacking(parent, name string) (string, error) {
 func hasProtocol(name string) bool {
 	i := strings.IndexAny(name, ":/")
 	return i >= 0 && name[i] == ':'
-}
-
-// Probe guesses the format of f as QEMU's probing would for the formats
-// chainfs knows: qcow2 by its magic, anything else raw, except the magics
-// of formats QEMU would open with another driver, which are refused.
-func Probe(f *HostFile) (Format, error) {
-	var head [64]byte
-	n, err := f.ReadAt(head[:min(int64(len(head)), f.Size())], 0)
-	if err != nil && err != io.EOF {
-		return FormatUnknown, &FormatError{File: f.Name, Msg: "probe format", Err: err}
-	}
-	b := head[:n]
-	if len(b) >= 8 && binary.BigEndian.Uint32(b) == qcow2Magic {
-		if v := binary.BigEndian.Uint32(b[4:]); v == 2 || v == 3 {
-			return FormatQcow2, nil
-		}
-		return FormatUnknown, unsupported(f.Name, "qcow2 version %d is not supported (only 2 and 3)", binary.BigEndian.Uint32(b[4:]))
-	}
-	for _, m := range foreignMagics {
-		if bytes.HasPrefix(b, []byte(m.magic)) {
-			return FormatUnknown, unsupported(f.Name, "%s images are not supported (only qcow2 and raw)", m.name)
-		}
-	}
-	return FormatRaw, nil
-}
-
-var foreignMagics = []struct{ magic, name string }{
-	{"LUKS\xba\xbe", "LUKS"},
-	{"QED\x00", "qed"},
-	{"KDMV", "vmdk"},
-	{"vhdxfile", "vhdx"},
-	{"conectix", "vpc"},
-	{"<<< Oracle VM VirtualBox Disk Image >>>", "vdi"},
 }
 
 func fileIdentity(f *HostFile) (struct{ dev, ino uint64 }, bool) {

@@ -165,6 +165,12 @@ func zstdFrameLen(b []byte) (n int, skippable bool, err error) {
 // inflateCluster reads and inflates the compressed cluster described by
 // ext into dst (one cluster long).
 func (q *qcow2Image) inflateCluster(dst []byte, ext *Extent) error {
+	if ext.HostOffset >= q.file.Size() {
+		// QEMU reads zeroes there, which never inflate: the read fails
+		// in both, and this says why.
+		return corrupt(q.name, "compressed cluster for guest offset %#x at %#x lies beyond end of file (%#x)",
+			ext.Offset&^(q.csize-1), ext.HostOffset, q.file.Size())
+	}
 	// A descriptor's length is at most two clusters (its sector count has
 	// cluster_bits-8 bits), so one pooled buffer of that size always fits.
 	buf := clusterBufs.get(2 * q.csize)

@@ -23,6 +23,9 @@ import (
 // "Extended L2 Entries") and QEMU's checks on them: what Status reports for
 // each cluster or subcluster (kind, host offset), which clusters are
 // corrupt, and the bytes ReadAt returns. See synthImage for the layout.
+// Each image is checked twice: as QEMU reads it (tables and clusters past
+// the end of the file read as zero there, reserved bits are ignored), and
+// in strict mode, where each of those is an error for its cluster.
 func FuzzL2(f *testing.F) {
 	for _, s := range handMadeL2Seeds() {
 		f.Add(s.flags, s.l1[0], s.l1[1], s.tail, s.l2)
@@ -60,12 +63,15 @@ func FuzzL2(f *testing.F) {
 		s := newSynth(flags, [2]uint64{l1a, l1b}, tail, l2)
 		file := s.image()
 		hf := layers.NewHostFile("fuzz.qcow2", bytes.NewReader(file), int64(len(file)))
-		l, err := layers.OpenImage(hf, layers.FormatQcow2, "")
-		if err != nil {
-			t.Fatalf("the synthetic image does not open: %v", err)
+		for _, strict := range []bool{false, true} {
+			log, _ := testLog()
+			l, err := layers.OpenImageWith(hf, layers.FormatQcow2, "", &layers.Options{Strict: strict, Log: log})
+			if err != nil {
+				t.Fatalf("the synthetic image does not open (strict %v): %v", strict, err)
+			}
+			m := &l2Model{s: s, file: file, strict: strict}
+			checkL2(t, l, m)
 		}
-		m := &l2Model{s: s, file: file}
-		checkL2(t, l, m)
 	})
 }
 
@@ -79,7 +85,9 @@ const (
 
 // synth is a synthetic qcow2 image built around fuzzed tables:
 //
-//	cluster 0       header: no backing file, no refcount table, no snapshots
+//	cluster 0       header: no backing file, no snapshots; the refcount
+//	                table is cluster 0 itself (QEMU needs one; chainfs reads
+//	                it only for the preallocation guess, which this skips)
 //	cluster 1       L1 table of two entries (fuzzed)
 //	cluster 2       L2 table (fuzzed, zero-padded to a cluster)
 //	cluster 3       a compressed stream (zlib or zstd) of compressedPlain
@@ -179,9 +187,10 @@ func (s *synth) image() []byte {
 	}
 	be.PutUint32(b[20:], uint32(s.cbits))
 	be.PutUint64(b[24:], uint64(2*s.span))
-	be.PutUint32(b[36:], 2)              // l1_size
-	be.PutUint64(b[40:], uint64(s.cs))   // l1_table_offset
-	be.PutUint64(b[48:], uint64(2*s.cs)) // refcount_table_offset: aligned, zero clusters
+	be.PutUint32(b[36:], 2)            // l1_size
+	be.PutUint64(b[40:], uint64(s.cs)) // l1_table_offset
+	be.PutUint64(b[48:], 0)            // refcount_table_offset
+	be.PutUint32(b[56:], 1)            // refcount_table_clusters
 	if !s.v2 {
 		var incompat uint64
 		if s.extL2 {
@@ -210,9 +219,17 @@ func (s *synth) image() []byte {
 
 // l2Model is what the specification says about the synthetic image.
 type l2Model struct {
-	s    *synth
-	file []byte
+	s      *synth
+	file   []byte
+	strict bool
 }
+
+// Reserved bits (qcow2.txt): of L1 entries, 0-8 and 56-62; of standard L2
+// entries, 1-8 and 56-61. QEMU ignores them; strict mode does not.
+const (
+	l1Reserved = 0x7f000000000001ff
+	l2Reserved = 0x3f000000000001fe
+)
 
 // scWant is the expected status of one subcluster (or cluster).
 type scWant struct {
@@ -222,7 +239,10 @@ type scWant struct {
 
 // clusterWant is the expected status of one cluster.
 type clusterWant struct {
-	corrupt    string // why the cluster is corrupt; "" if it is not
+	corrupt string // why the cluster is corrupt; "" if it is not
+	// unreadable: the status is fine but a read fails (a compressed
+	// stream past the end of the file).
+	unreadable string
 	compressed bool
 	coff, clen int64 // the compressed stream
 	sc         []scWant
@@ -234,19 +254,26 @@ const (
 )
 
 // table returns the L2 table of L1 entry i: nil for an unallocated one, or
-// why the entry is corrupt.
+// why the entry is corrupt. A table reaching past the end of the file
+// reads as zero there, as in QEMU.
 func (m *l2Model) table(i int) ([]byte, string) {
 	s := m.s
 	off := int64(s.l1[i] & l1OffsetMask)
 	switch {
-	case off == 0:
-		return nil, ""
 	case off%s.cs != 0:
 		return nil, "L2 table offset not cluster aligned"
-	case off+s.cs > int64(len(m.file)):
+	case m.strict && s.l1[i]&l1Reserved != 0:
+		return nil, "reserved bits in the L1 entry"
+	case off == 0:
+		return nil, ""
+	case m.strict && off+s.cs > int64(len(m.file)):
 		return nil, "L2 table past the end of the file"
 	}
-	return m.file[off : off+s.cs], ""
+	t := make([]byte, s.cs)
+	if off < int64(len(m.file)) {
+		copy(t, m.file[off:])
+	}
+	return t, ""
 }
 
 // cluster models L2 entry idx of table.
@@ -277,8 +304,13 @@ func (m *l2Model) cluster(table []byte, idx int64) clusterWant {
 		w.coff = int64(e & (1<<x - 1))
 		sectors := int64((e>>x)&(1<<(s.cbits-8)-1)) + 1
 		w.clen = sectors*512 - w.coff%512
-		if w.coff >= fileLen {
+		switch {
+		case m.strict && (e&(1<<63) != 0 || bitmap != 0):
+			w.corrupt = "COPIED flag or subcluster bitmap on a compressed cluster"
+		case m.strict && w.coff >= fileLen:
 			w.corrupt = "compressed cluster past the end of the file"
+		case w.coff >= fileLen:
+			w.unreadable = "compressed cluster past the end of the file"
 		}
 		for range s.subclusters {
 			w.sc = append(w.sc, scWant{layers.Compressed, -1})
@@ -287,6 +319,10 @@ func (m *l2Model) cluster(table []byte, idx int64) clusterWant {
 	}
 	host := int64(e & l2OffsetMask)
 	misaligned := host%s.cs != 0
+	reserved := m.strict && e&l2Reserved != 0
+	// strictPast: strict mode refuses data that reaches past the end of
+	// the file (QEMU reads zeroes there).
+	strictPast := func(h int64) bool { return m.strict && h+s.scSize > fileLen }
 	if !s.extL2 {
 		switch {
 		case e&1 != 0 && s.v2:
@@ -299,13 +335,20 @@ func (m *l2Model) cluster(table []byte, idx int64) clusterWant {
 			w.sc = []scWant{{layers.Unallocated, -1}}
 		default:
 			w.sc = []scWant{{layers.Data, host}}
-			if host >= fileLen {
+			if strictPast(host) {
 				w.corrupt = "data cluster past the end of the file"
 			}
 		}
 		if host != 0 && misaligned && w.corrupt == "" {
 			w.corrupt = "host offset not cluster aligned"
 		}
+		if reserved && w.corrupt == "" {
+			w.corrupt = "reserved bits in the L2 entry"
+		}
+		return w
+	}
+	if reserved {
+		w.corrupt = "reserved bits in the L2 entry"
 		return w
 	}
 	alloc, zero := uint32(bitmap), uint32(bitmap>>32)
@@ -338,7 +381,7 @@ func (m *l2Model) cluster(table []byte, idx int64) clusterWant {
 			w.sc = append(w.sc, scWant{layers.Zero, h})
 		case alloc&(1<<i) != 0:
 			w.sc = append(w.sc, scWant{layers.Data, h})
-			if host >= fileLen {
+			if strictPast(h) {
 				w.corrupt = "data subcluster past the end of the file"
 			}
 		default:
@@ -475,6 +518,11 @@ func checkRead(t *testing.T, l *layers.Layer, m *l2Model, table []byte, w cluste
 	case w.corrupt != "":
 		if err == nil {
 			t.Fatalf("read of cluster %d of table %d succeeds; the model says: %s", ci, ti, w.corrupt)
+		}
+		checkCorrupt(t, err)
+	case w.unreadable != "":
+		if err == nil {
+			t.Fatalf("read of cluster %d of table %d succeeds; the model says: %s", ci, ti, w.unreadable)
 		}
 		checkCorrupt(t, err)
 	case w.compressed:

@@ -1,7 +1,6 @@
 package layers
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -20,6 +19,7 @@ const (
 	// maxRefcountTableBytes is QCOW_MAX_REFTABLE_SIZE.
 	maxRefcountTableBytes = 8 << 20
 	maxBackingNameLen     = 1023
+	maxBackingFmtLen      = 16 // sizeof(BlockDriverState.backing_format)
 	v2HeaderLen           = 72
 	v3MinHeaderLen        = 104
 
@@ -92,6 +92,8 @@ type Header struct {
 	NbBitmaps             uint32
 	BitmapDirectorySize   uint64
 	BitmapDirectoryOffset uint64
+
+	backingFmtCut bool // the backing format extension held a NUL
 }
 
 // ClusterSize returns 1 << ClusterBits.
@@ -110,30 +112,43 @@ func (h *Header) LazyRefcounts() bool { return h.CompatibleFeatures&CompatLazyRe
 func (h *Header) DataFileRaw() bool { return h.AutoclearFeatures&AutoclearDataFileRaw != 0 }
 
 // DecodeHeader reads and validates the qcow2 header of r, a file of
-// fileSize bytes named name (for errors). It checks every field against
-// QEMU's limits (block/qcow2.c, qcow2_do_open) and the file size.
+// fileSize bytes named name (for errors). It makes the checks QEMU makes
+// when it opens an image (block/qcow2.c: qcow2_do_open,
+// qcow2_validate_table, qcow2_read_extensions) and refuses what QEMU
+// refuses. Like QEMU it reads the header and its first cluster as zeroes
+// past the end of a short file (block/io.c, bdrv_aligned_preadv); tables
+// that reach past the end of the file are left to the caller, since QEMU
+// opens such images (see DamageKind).
 func DecodeHeader(name string, r io.ReaderAt, fileSize int64) (*Header, error) {
-	if fileSize < v2HeaderLen {
-		return nil, corrupt(name, "file of %d bytes is too short for a qcow2 header", fileSize)
-	}
-	// The header and its extensions must fit in the first cluster; read at
-	// most the largest cluster QEMU accepts, and no more than the file.
-	first := make([]byte, min(fileSize, 1<<maxClusterBits))
-	if _, err := r.ReadAt(first, 0); err != nil && err != io.EOF {
+	// The fixed fields first, to learn the cluster size.
+	var fixed [v3MinHeaderLen + 8]byte
+	if err := readPadded(r, fixed[:], fileSize); err != nil {
 		return nil, &FormatError{File: name, Msg: "read header", Err: err}
 	}
 	be := binary.BigEndian
 	h := &Header{}
-	if m := be.Uint32(first[0:]); m != qcow2Magic {
+	if m := be.Uint32(fixed[0:]); m != qcow2Magic {
 		return nil, corrupt(name, "bad qcow2 magic %#x", m)
 	}
-	h.Version = be.Uint32(first[4:])
+	h.Version = be.Uint32(fixed[4:])
 	if h.Version != 2 && h.Version != 3 {
 		return nil, unsupported(name, "qcow2 version %d is not supported (only 2 and 3)", h.Version)
 	}
+	h.ClusterBits = be.Uint32(fixed[20:])
+	if h.ClusterBits < minClusterBits || h.ClusterBits > maxClusterBits {
+		return nil, corrupt(name, "header: cluster_bits %d outside %d..%d", h.ClusterBits, minClusterBits, maxClusterBits)
+	}
+	cs := uint64(1) << h.ClusterBits
+
+	// The header and its extensions lie in the first cluster; 8 bytes more
+	// let an extension header start in its last 7 bytes, as QEMU reads it
+	// (and then refuses it).
+	first := make([]byte, cs+8)
+	if err := readPadded(r, first, fileSize); err != nil {
+		return nil, &FormatError{File: name, Msg: "read header", Err: err}
+	}
 	h.BackingFileOffset = be.Uint64(first[8:])
 	h.BackingFileSize = be.Uint32(first[16:])
-	h.ClusterBits = be.Uint32(first[20:])
 	h.Size = be.Uint64(first[24:])
 	h.CryptMethod = be.Uint32(first[32:])
 	h.L1Size = be.Uint32(first[36:])
@@ -145,15 +160,7 @@ func DecodeHeader(name string, r io.ReaderAt, fileSize int64) (*Header, error) {
 	h.RefcountOrder = 4
 	h.HeaderLength = v2HeaderLen
 
-	if h.ClusterBits < minClusterBits || h.ClusterBits > maxClusterBits {
-		return nil, corrupt(name, "header: cluster_bits %d outside %d..%d", h.ClusterBits, minClusterBits, maxClusterBits)
-	}
-	cs := uint64(1) << h.ClusterBits
-
 	if h.Version >= 3 {
-		if len(first) < v3MinHeaderLen {
-			return nil, corrupt(name, "file of %d bytes is too short for a version 3 header", fileSize)
-		}
 		h.IncompatibleFeatures = be.Uint64(first[72:])
 		h.CompatibleFeatures = be.Uint64(first[80:])
 		h.AutoclearFeatures = be.Uint64(first[88:])
@@ -165,31 +172,23 @@ func DecodeHeader(name string, r io.ReaderAt, fileSize int64) (*Header, error) {
 		if uint64(h.HeaderLength) > cs {
 			return nil, corrupt(name, "header: header_length %d exceeds the cluster size %d", h.HeaderLength, cs)
 		}
-		if uint64(h.HeaderLength) > uint64(len(first)) {
-			return nil, corrupt(name, "header: header_length %d reaches past end of file (%#x)", h.HeaderLength, fileSize)
-		}
 		if h.HeaderLength > 104 {
 			h.CompressionType = first[104]
 		}
 	}
-	if h.RefcountOrder > 6 {
-		return nil, corrupt(name, "header: refcount_order %d exceeds 6", h.RefcountOrder)
-	}
-
 	if h.BackingFileOffset > cs {
 		return nil, corrupt(name, "header: backing file name offset %#x lies beyond the first cluster", h.BackingFileOffset)
 	}
 
 	// Extensions come before the backing file name, inside the first cluster.
 	extEndOff := cs
-	if h.BackingFileOffset != 0 && h.BackingFileOffset < extEndOff {
+	if h.BackingFileOffset != 0 {
 		extEndOff = h.BackingFileOffset
 	}
-	if err := h.decodeExtensions(name, first, uint64(h.HeaderLength), extEndOff); err != nil {
-		return nil, err
-	}
+	extErr := h.decodeExtensions(name, first, uint64(h.HeaderLength), extEndOff)
 
-	// Feature bits.
+	// Feature bits. QEMU reports unknown incompatible features before it
+	// looks at the extensions for anything but their names.
 	if unknown := h.IncompatibleFeatures &^ knownIncompat; unknown != 0 {
 		bit := bits.TrailingZeros64(unknown)
 		msg := fmt.Sprintf("unsupported incompatible feature bit %d", bit)
@@ -200,6 +199,9 @@ func DecodeHeader(name string, r io.ReaderAt, fileSize int64) (*Header, error) {
 			msg += fmt.Sprintf(" (all unknown bits: %#x)", unknown)
 		}
 		return nil, unsupported(name, "%s", msg)
+	}
+	if extErr != nil {
+		return nil, extErr
 	}
 	switch h.CryptMethod {
 	case cryptNone:
@@ -221,6 +223,9 @@ func DecodeHeader(name string, r io.ReaderAt, fileSize int64) (*Header, error) {
 	if h.ExtendedL2() && h.ClusterBits < 14 {
 		return nil, corrupt(name, "header: extended L2 entries need clusters of at least 16 KiB, not %d bytes", cs)
 	}
+	if h.RefcountOrder > 6 {
+		return nil, corrupt(name, "header: refcount_order %d exceeds 6", h.RefcountOrder)
+	}
 	if h.ExternalData() && h.DataFile == "" {
 		return nil, corrupt(name, "header: external data file bit set but no data file name extension")
 	}
@@ -228,101 +233,99 @@ func DecodeHeader(name string, r io.ReaderAt, fileSize int64) (*Header, error) {
 		// QEMU refuses to open such an image, even read-only.
 		return nil, corrupt(name, "header: data_file_raw set without an external data file")
 	}
+	if err := h.checkTables(name, cs); err != nil {
+		return nil, err
+	}
 
-	// Virtual size and L1 table.
+	// Backing file name: QEMU reads it into a C string, so it ends at the
+	// first NUL, and an empty one means no backing file.
+	if h.BackingFileOffset != 0 {
+		if h.BackingFileSize > maxBackingNameLen || uint64(h.BackingFileSize) > cs-h.BackingFileOffset {
+			return nil, corrupt(name, "header: backing file name of %d bytes at %#x is too long", h.BackingFileSize, h.BackingFileOffset)
+		}
+		h.BackingFile = cString(string(first[h.BackingFileOffset : h.BackingFileOffset+uint64(h.BackingFileSize)]))
+	}
+	return h, nil
+}
+
+// checkTables makes QEMU's checks of the table offsets and sizes in the
+// header (qcow2_do_open, qcow2_validate_table): each table within QEMU's
+// limit, its offset cluster aligned and not past what a signed 64-bit file
+// offset reaches, even for an empty table; a reference count table at all;
+// an L1 table large enough for the virtual size. The L1 and refcount tables,
+// which QEMU reads at open, must also lie where QEMU's block layer reads.
+func (h *Header) checkTables(name string, cs uint64) error {
+	if h.RefcountTableClusters == 0 {
+		return corrupt(name, "header: no reference count table (refcount_table_clusters is 0)")
+	}
+	if uint64(h.RefcountTableClusters)*cs > maxRefcountTableBytes {
+		return corrupt(name, "header: refcount table of %d clusters is larger than QEMU's limit", h.RefcountTableClusters)
+	}
+	reftable := uint64(h.RefcountTableClusters) * cs
+	if h.RefcountTableOffset%cs != 0 || h.RefcountTableOffset > math.MaxInt64-reftable {
+		return corrupt(name, "header: refcount table offset %#x is invalid", h.RefcountTableOffset)
+	}
+	if h.RefcountTableOffset+reftable > maxQEMURead {
+		return corrupt(name, "header: refcount table at %#x lies beyond what QEMU's block layer reads (%#x)", h.RefcountTableOffset, uint64(maxQEMURead))
+	}
+	if err := h.checkSnapshotTable(name); err != nil {
+		return err
+	}
+	if uint64(h.L1Size)*8 > maxL1Bytes {
+		return corrupt(name, "header: L1 table of %d entries is larger than QEMU's limit of %d bytes", h.L1Size, maxL1Bytes)
+	}
+	l1 := uint64(h.L1Size) * 8
+	if h.L1TableOffset%cs != 0 || h.L1TableOffset > math.MaxInt64-l1 {
+		return corrupt(name, "header: L1 table offset %#x is invalid", h.L1TableOffset)
+	}
 	if h.Size > 1<<62 {
-		return nil, corrupt(name, "header: virtual size %d is too large", h.Size)
+		// QEMU refuses these too: the L1 table would exceed its limit, or
+		// the sector count overflows ("Image is too big", "File too large").
+		return corrupt(name, "header: virtual size %d is too large", h.Size)
 	}
 	entry := uint64(8)
 	if h.ExtendedL2() {
 		entry = 16
 	}
 	l2Span := cs * (cs / entry) // guest bytes one L2 table covers
-	needL1 := (h.Size + l2Span - 1) / l2Span
-	if uint64(h.L1Size)*8 > maxL1Bytes {
-		return nil, corrupt(name, "header: L1 table of %d entries is larger than QEMU's limit of %d bytes", h.L1Size, maxL1Bytes)
+	if need := (h.Size + l2Span - 1) / l2Span; uint64(h.L1Size) < need {
+		return corrupt(name, "header: L1 table of %d entries is too small for a virtual size of %d bytes (need %d)", h.L1Size, h.Size, need)
 	}
-	if uint64(h.L1Size) < needL1 {
-		return nil, corrupt(name, "header: L1 table of %d entries is too small for a virtual size of %d bytes (need %d)", h.L1Size, h.Size, needL1)
+	if l1 > 0 && h.L1TableOffset+l1 > maxQEMURead {
+		return corrupt(name, "header: L1 table at %#x lies beyond what QEMU's block layer reads (%#x)", h.L1TableOffset, uint64(maxQEMURead))
 	}
-	// QEMU validates the offsets of the L1 and refcount tables even when
-	// they are empty (qcow2_validate_table): cluster aligned, and not past
-	// what a signed 64-bit file offset can reach.
-	if h.L1TableOffset%cs != 0 {
-		return nil, corrupt(name, "header: L1 table offset %#x is not cluster aligned", h.L1TableOffset)
-	}
-	if h.L1TableOffset > math.MaxInt64-uint64(h.L1Size)*8 {
-		return nil, corrupt(name, "header: L1 table offset %#x is invalid", h.L1TableOffset)
-	}
-	if end := h.L1TableOffset + uint64(h.L1Size)*8; h.L1Size > 0 && end > uint64(fileSize) {
-		return nil, corrupt(name, "L1 table at %#x (%d entries) lies beyond end of file (%#x)", h.L1TableOffset, h.L1Size, fileSize)
-	}
-	if uint64(h.RefcountTableClusters)*cs > maxRefcountTableBytes {
-		return nil, corrupt(name, "header: refcount table of %d clusters is larger than QEMU's limit", h.RefcountTableClusters)
-	}
-	if h.RefcountTableOffset%cs != 0 {
-		return nil, corrupt(name, "header: refcount table offset %#x is not cluster aligned", h.RefcountTableOffset)
-	}
-	if h.RefcountTableOffset > math.MaxInt64-uint64(h.RefcountTableClusters)*cs {
-		return nil, corrupt(name, "header: refcount table offset %#x is invalid", h.RefcountTableOffset)
-	}
-	// QEMU reads a table past the end of the file as zeroes (its file
-	// driver pads short reads); like the L1 table, chainfs refuses it: no
-	// image QEMU wrote has one, and a truncated image should say so at
-	// open rather than be guessed at.
-	if end := h.RefcountTableOffset + uint64(h.RefcountTableClusters)*cs; h.RefcountTableClusters > 0 && end > uint64(fileSize) {
-		return nil, corrupt(name, "refcount table at %#x (%d clusters) lies beyond end of file (%#x)", h.RefcountTableOffset, h.RefcountTableClusters, fileSize)
-	}
-	if err := h.checkSnapshotTable(name); err != nil {
-		return nil, err
-	}
-
-	// Backing file name.
-	if h.BackingFileOffset != 0 {
-		if h.BackingFileSize > maxBackingNameLen || uint64(h.BackingFileSize) > cs-min(cs, h.BackingFileOffset) {
-			return nil, corrupt(name, "header: backing file name of %d bytes at %#x is too long", h.BackingFileSize, h.BackingFileOffset)
-		}
-		end := h.BackingFileOffset + uint64(h.BackingFileSize)
-		if end > uint64(len(first)) {
-			return nil, corrupt(name, "header: backing file name at %#x reaches past end of file (%#x)", h.BackingFileOffset, fileSize)
-		}
-		h.BackingFile = string(first[h.BackingFileOffset:end])
-	}
-	return h, nil
+	return nil
 }
 
-// decodeExtensions walks the header extensions in first[start:end).
+// decodeExtensions walks the header extensions in first[start:end) as
+// qcow2_read_extensions does: every extension, the end marker included,
+// must fit before end, and an extension header that does not fit is an
+// error, not the end.
 func (h *Header) decodeExtensions(name string, first []byte, start, end uint64) error {
 	be := binary.BigEndian
-	end = min(end, uint64(len(first)))
-	off := start
-	for {
-		if off+8 > end {
-			// QEMU stops quietly when no room is left for another extension.
-			return nil
-		}
+	for off := start; off < end; {
 		typ := be.Uint32(first[off:])
 		length := uint64(be.Uint32(first[off+4:]))
-		if typ == extEnd {
-			return nil
-		}
 		data := off + 8
-		if length > end-data {
+		if data > end || length > end-data {
 			return corrupt(name, "header extension %#x at %#x: length %d reaches past the end of the header area (%#x)", typ, off, length, end)
 		}
 		payload := first[data : data+length]
 		switch typ {
+		case extEnd:
+			return nil
 		case extBackingFmt:
-			h.BackingFormat = string(payload)
+			// QEMU keeps it in a 16-byte C string.
+			if length >= maxBackingFmtLen {
+				return corrupt(name, "backing format extension at %#x: length %d, QEMU allows at most %d", off, length, maxBackingFmtLen-1)
+			}
+			h.BackingFormat = cString(string(payload))
+			h.backingFmtCut = len(h.BackingFormat) < len(payload)
 		case extFeatureNames:
 			h.FeatureNames = make(map[uint16]string)
 			for i := 0; i+48 <= len(payload); i += 48 {
 				t, b := payload[i], payload[i+1]
-				n := payload[i+2 : i+48]
-				if j := bytes.IndexByte(n, 0); j >= 0 {
-					n = n[:j]
-				}
-				h.FeatureNames[uint16(t)<<8|uint16(b)] = string(n)
+				h.FeatureNames[uint16(t)<<8|uint16(b)] = cString(string(payload[i+2 : i+48]))
 			}
 		case extBitmaps:
 			h.HasBitmaps = true
@@ -330,17 +333,36 @@ func (h *Header) decodeExtensions(name string, first []byte, start, end uint64) 
 				return err
 			}
 		case extCrypto:
-			// Only meaningful with LUKS, which is refused anyway.
-		case extDataFile:
-			h.DataFile = string(payload)
-			if i := bytes.IndexByte(payload, 0); i >= 0 {
-				h.DataFile = string(payload[:i])
+			// Only LUKS has one; a LUKS image is refused anyway.
+			if h.CryptMethod != cryptLUKS {
+				return corrupt(name, "crypto header extension at %#x in an image that is not LUKS-encrypted", off)
 			}
+		case extDataFile:
+			h.DataFile = cString(string(payload))
 		}
-		next := data + (length+7)&^7
-		if next < data {
-			return corrupt(name, "header extension %#x at %#x: bad length %d", typ, off, length)
-		}
-		off = next
+		off = data + (length+7)&^7
 	}
+	return nil
+}
+
+// readPadded fills p from the start of r, a file of size bytes, reading
+// what lies past its end as zero, as QEMU's block layer does.
+func readPadded(r io.ReaderAt, p []byte, size int64) error {
+	n := int64(len(p))
+	if size < n {
+		n = max(size, 0)
+		clear(p[n:])
+	}
+	if n == 0 {
+		return nil
+	}
+	got, err := r.ReadAt(p[:n], 0)
+	if err == io.EOF && int64(got) == n {
+		err = nil
+	}
+	if err == io.EOF {
+		clear(p[got:n]) // the file shrank: what is missing reads as zero
+		err = nil
+	}
+	return err
 }

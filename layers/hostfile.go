@@ -2,7 +2,9 @@ package layers
 
 import (
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"os"
 	"syscall"
 
@@ -89,12 +91,32 @@ func (h *HostFile) Close() error {
 	return nil
 }
 
+// maxQEMURead is where QEMU's block layer stops reading: it refuses any
+// request that reaches past BDRV_MAX_LENGTH, INT64_MAX rounded down to
+// 1 GiB (block/io.c, bdrv_check_request).
+const maxQEMURead = math.MaxInt64 &^ (1<<30 - 1)
+
+// errBeyondQEMURead: a read QEMU's block layer refuses (EIO in QEMU); only
+// a corrupt structure points there. It wraps ErrCorrupt.
+var errBeyondQEMURead error = beyondQEMURead{}
+
+type beyondQEMURead struct{}
+
+func (beyondQEMURead) Error() string {
+	return fmt.Sprintf("offset beyond what QEMU's block layer reads (%#x)", int64(maxQEMURead))
+}
+func (beyondQEMURead) Unwrap() error { return ErrCorrupt }
+
 // ReadAt reads len(p) bytes at off. Bytes past the end of the file read as
 // zero, as QEMU's block layer pads reads past EOF (block/io.c,
-// bdrv_aligned_preadv); callers that must not read past EOF check Size.
+// bdrv_aligned_preadv); a read reaching past where QEMU reads at all fails
+// as it does there. Callers that must not read past EOF check Size.
 func (h *HostFile) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, errors.New("negative offset")
+	}
+	if off > maxQEMURead || int64(len(p)) > maxQEMURead-off {
+		return 0, errBeyondQEMURead
 	}
 	want := len(p)
 	if off >= h.size {

@@ -3,6 +3,7 @@ package layers
 import (
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 )
@@ -28,7 +29,11 @@ type qcow2Image struct {
 	csizeMask   uint64
 	coffsetMask uint64
 
-	cache    *Cache
+	cache *Cache
+	// strict makes the damage QEMU reads through an error (Options.Strict);
+	// damage counts and logs it either way.
+	strict   bool
+	damage   *damageLog
 	prealloc struct {
 		once sync.Once
 		yes  bool
@@ -54,20 +59,26 @@ type qcow2View struct {
 	l1       []l1Entry
 	l1Offset uint64
 	l1Size   int64 // entries
+	// scanned marks the L2 tables (by L1 index) already looked at for
+	// damage (damage.go), made on first use.
+	scanned     tableBits
+	scannedOnce sync.Once
 }
 
 // newQcow2Image derives the geometry of an image from its validated
 // header. data is the external data file (nil: guest data lives in f).
-func newQcow2Image(f *HostFile, hdr *Header, data *HostFile, cache *Cache) *qcow2Image {
+func newQcow2Image(f *HostFile, hdr *Header, data *HostFile, cache *Cache, strict bool, log *slog.Logger) *qcow2Image {
 	q := &qcow2Image{
-		name:  f.Name,
-		file:  f,
-		data:  f,
-		hdr:   hdr,
-		cbits: uint(hdr.ClusterBits),
-		csize: hdr.ClusterSize(),
-		extL2: hdr.ExtendedL2(),
-		cache: cache,
+		name:   f.Name,
+		file:   f,
+		data:   f,
+		hdr:    hdr,
+		cbits:  uint(hdr.ClusterBits),
+		csize:  hdr.ClusterSize(),
+		extL2:  hdr.ExtendedL2(),
+		cache:  cache,
+		strict: strict,
+		damage: newDamageLog(f.Name, log, strict),
 	}
 	if data != nil {
 		q.data = data
@@ -95,9 +106,14 @@ const l1ResidentBytes = 16 << 10
 
 // view returns the view of the image that an L1 table of l1Size entries
 // at l1Offset maps, of the given virtual size, reading the table now if
-// it is small. The caller has checked the table against QEMU's limits and
-// the file size, so the allocation is bounded.
+// it is small. The caller has checked the table against QEMU's limits
+// (qcow2_validate_table), so the allocation is bounded. A table reaching
+// past the end of the file reads as zero there, as in QEMU (damage; an
+// error when strict).
 func (q *qcow2Image) view(size int64, l1Offset uint64, l1Size uint32) (*qcow2View, error) {
+	if err := q.tablePastEOF(DamageL1Table, "L1 table", l1Offset, int64(l1Size)*8, fmt.Sprintf("%d entries", l1Size)); err != nil {
+		return nil, err
+	}
 	if int64(l1Size)*8 > l1ResidentBytes {
 		return &qcow2View{qcow2Image: q, size: size &^ 511, l1Offset: l1Offset, l1Size: int64(l1Size)}, nil
 	}
@@ -135,30 +151,41 @@ func (q *qcow2View) l2Offset(i int64) uint64 {
 }
 
 // l2Table returns the L2 table of L1 index i, or nil when the L1 entry is
-// unallocated.
+// unallocated (qcow2_get_host_offset, l2_load). A table reaching past the
+// end of the file reads as zero there, as in QEMU; the first time a view
+// reads a table, its entries are looked at for damage.
 func (q *qcow2View) l2Table(i int64) ([]byte, error) {
 	l1e, err := q.l1Entry(i)
 	if err != nil {
 		return nil, err
 	}
 	off := l1e.l2Offset()
-	if off == 0 {
-		return nil, nil
-	}
 	if off&uint64(q.csize-1) != 0 {
 		return nil, corrupt(q.name, "L2 table offset %#x (L1 index %d) is not cluster aligned", off, i)
 	}
-	if off+uint64(q.csize) > uint64(q.file.Size()) {
-		return nil, corrupt(q.name, "L2 table at %#x (L1 index %d) lies beyond end of file (%#x)", off, i, q.file.Size())
+	first := q.firstLook(i)
+	if first {
+		q.noteL1Entry(i, l1e)
 	}
-	if t := q.cache.get(q.file, int64(off)); t != nil {
-		return t, nil
+	if q.strict {
+		if err := q.strictL1(i, l1e); err != nil {
+			return nil, err
+		}
 	}
-	t := make([]byte, q.csize)
-	if _, err := q.file.ReadAt(t, int64(off)); err != nil {
-		return nil, &FormatError{File: q.name, Msg: fmt.Sprintf("read L2 table at %#x (L1 index %d)", off, i), Err: err}
+	if off == 0 {
+		return nil, nil
 	}
-	q.cache.put(q.file, int64(off), t)
+	t := q.cache.get(q.file, int64(off))
+	if t == nil {
+		t = make([]byte, q.csize)
+		if _, err := q.file.ReadAt(t, int64(off)); err != nil {
+			return nil, &FormatError{File: q.name, Msg: fmt.Sprintf("read L2 table at %#x (L1 index %d)", off, i), Err: err}
+		}
+		q.cache.put(q.file, int64(off), t)
+	}
+	if first {
+		q.scanL2(i, off, t)
+	}
 	return t, nil
 }
 
@@ -178,6 +205,7 @@ func (q *qcow2View) status(dst []Extent, off, length int64) ([]Extent, error) {
 		if err != nil {
 			return dst, err
 		}
+		strictTable := q.strict && table != nil
 		if table == nil {
 			dst = appendExtent(dst, Extent{Offset: off, Length: spanEnd - off, Kind: Unallocated})
 			off = spanEnd
@@ -198,6 +226,11 @@ func (q *qcow2View) status(dst []Extent, off, length int64) ([]Extent, error) {
 			}
 			clusterStart := off &^ (q.csize - 1)
 			clusterEnd := min(clusterStart+q.csize, spanEnd)
+			if strictTable {
+				if err := q.strictL2Entry(e, bitmap, clusterStart, l2i, l1i); err != nil {
+					return dst, err
+				}
+			}
 			if e.compressed() {
 				ext, err := q.compressedExtent(e, clusterStart, l2i, l1i)
 				if err != nil {
@@ -265,7 +298,10 @@ func zeroEntries(table []byte, i, last, entrySize int64) int64 {
 }
 
 // setHost fills in the host offset of a subcluster that has one, after the
-// checks qcow2_get_host_offset makes (block/qcow2-cluster.c).
+// checks qcow2_get_host_offset makes (block/qcow2-cluster.c). A data
+// cluster past the end of its file is no error there: QEMU reads it as
+// zeroes (damage, noted when its L2 table was first read; an error for the
+// bytes past the end when strict).
 func (q *qcow2View) setHost(ext *Extent, e l2Entry, off, l2i, l1i int64) error {
 	host := e.hostOffset()
 	if host&uint64(q.csize-1) != 0 {
@@ -273,14 +309,13 @@ func (q *qcow2View) setHost(ext *Extent, e l2Entry, off, l2i, l1i int64) error {
 			host, off&^(q.csize-1), q.l2Offset(l1i), l2i)
 	}
 	inCluster := uint64(off & (q.csize - 1))
-	if q.data != q.file {
-		if host != uint64(off)-inCluster {
-			return corrupt(q.name, "external data file cluster offset %#x does not match guest offset %#x (L2 index %d)",
-				host, off-int64(inCluster), l2i)
-		}
-	} else if ext.Kind == Data && host >= uint64(q.file.Size()) {
-		return corrupt(q.name, "data cluster for guest offset %#x at %#x lies beyond end of file (%#x) (L2 table at %#x, index %d)",
-			off&^(q.csize-1), host, q.file.Size(), q.l2Offset(l1i), l2i)
+	if q.data != q.file && host != uint64(off)-inCluster {
+		return corrupt(q.name, "external data file cluster offset %#x does not match guest offset %#x (L2 index %d)",
+			host, off-int64(inCluster), l2i)
+	}
+	if q.strict && ext.Kind == Data && host+inCluster+uint64(ext.Length) > uint64(q.data.Size()) {
+		return corrupt(q.data.Name, "data cluster for guest offset %#x at %#x lies beyond end of file (%#x) (L2 table at %#x, index %d)",
+			off&^(q.csize-1), host, q.data.Size(), q.l2Offset(l1i), l2i)
 	}
 	ext.File = q.data
 	ext.HostOffset = int64(host + inCluster)
@@ -288,7 +323,9 @@ func (q *qcow2View) setHost(ext *Extent, e l2Entry, off, l2i, l1i int64) error {
 }
 
 // compressedExtent decodes a compressed-cluster descriptor
-// (qcow2_parse_compressed_l2_entry).
+// (qcow2_parse_compressed_l2_entry). QEMU's block status does not look at
+// where the stream lies: one that starts past the end of the file still
+// maps (only reading it fails), unless strict.
 func (q *qcow2View) compressedExtent(e l2Entry, guest, l2i, l1i int64) (Extent, error) {
 	if q.data != q.file {
 		return Extent{}, corrupt(q.name, "compressed cluster for guest offset %#x in an image with an external data file (L2 index %d)", guest, l2i)
@@ -296,7 +333,7 @@ func (q *qcow2View) compressedExtent(e l2Entry, guest, l2i, l1i int64) (Extent, 
 	coff := uint64(e) & q.coffsetMask
 	sectors := (uint64(e)>>q.csizeShift)&q.csizeMask + 1
 	clen := int64(sectors*512) - int64(coff&511)
-	if coff >= uint64(q.file.Size()) {
+	if q.strict && coff >= uint64(q.file.Size()) {
 		return Extent{}, corrupt(q.name, "compressed cluster for guest offset %#x at %#x lies beyond end of file (%#x) (L2 table at %#x, index %d)",
 			guest, coff, q.file.Size(), q.l2Offset(l1i), l2i)
 	}

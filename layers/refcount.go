@@ -17,13 +17,12 @@ type refcounts struct {
 	lastBlock []byte
 }
 
+// newRefcounts reads the refcount table (qcow2_refcount_init), as zero
+// where it reaches past the end of the file (damage noted at open, or
+// refused there when strict).
 func newRefcounts(q *qcow2Image) (*refcounts, error) {
 	h := q.hdr
 	n := int64(h.RefcountTableClusters) * q.csize / 8 // bounded by DecodeHeader (8 MiB)
-	if end := int64(h.RefcountTableOffset) + n*8; end > q.file.Size() {
-		return nil, corrupt(q.name, "refcount table at %#x (%d clusters) lies beyond end of file (%#x)",
-			h.RefcountTableOffset, h.RefcountTableClusters, q.file.Size())
-	}
 	raw := make([]byte, n*8)
 	if _, err := q.file.ReadAt(raw, int64(h.RefcountTableOffset)); err != nil {
 		return nil, &FormatError{File: q.name, Msg: fmt.Sprintf("read refcount table at %#x", h.RefcountTableOffset), Err: err}
@@ -49,10 +48,21 @@ func (r *refcounts) get(i int64) (uint64, error) {
 	}
 	if off != r.lastOff {
 		q := r.q
-		// off has bits up to 63 (qcow2.txt: refcount table entries), so
-		// off+csize could wrap: compare against size-csize instead.
-		if size := uint64(q.file.Size()); off&uint64(q.csize-1) != 0 || size < uint64(q.csize) || off > size-uint64(q.csize) {
-			return 0, corrupt(q.name, "refcount block at %#x (refcount table index %d) is misaligned or beyond end of file (%#x)", off, ti, q.file.Size())
+		if off&uint64(q.csize-1) != 0 {
+			return 0, corrupt(q.name, "refcount block at %#x (refcount table index %d) is not cluster aligned", off, ti)
+		}
+		if off > maxQEMURead-uint64(q.csize) {
+			return 0, &FormatError{File: q.name, Msg: fmt.Sprintf("read refcount block at %#x", off), Err: errBeyondQEMURead}
+		}
+		// A block past the end of the file reads as zero refcounts, as in
+		// QEMU (qcow2_get_refcount); off has bits up to 63, so compare
+		// against size-csize rather than add.
+		if size := uint64(q.file.Size()); size < uint64(q.csize) || off > size-uint64(q.csize) {
+			if q.strict {
+				return 0, corrupt(q.name, "refcount block at %#x (refcount table index %d) lies beyond end of file (%#x)", off, ti, q.file.Size())
+			}
+			q.damage.note(DamageRefcountBlock, 1, fmt.Sprintf("refcount block at %#x (refcount table index %d) reaches past end of file (%#x); reading its refcounts as zero there, as QEMU does",
+				off, ti, q.file.Size()), "structure", "refcount block", "host_offset", off)
 		}
 		if r.lastBlock == nil {
 			r.lastBlock = make([]byte, q.csize)

@@ -2,7 +2,9 @@ package tests
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -16,13 +18,18 @@ import (
 
 // Hand-broken images through the real mount. Each is made by qemu-img and
 // qemu-io, then broken by overwriting a header field, a table entry or
-// compressed data, or by truncating the file. Two outcomes are allowed:
+// compressed data, or by truncating the file. Three outcomes are allowed:
 //
 //   - refused at mount: exit 3, one line naming the file and what is
 //     wrong, nothing mounted and no server left (TestHostileRefused);
 //   - served: EIO for exactly the broken range and a log line naming the
 //     file, the cluster and the offsets, everything else read as QEMU
-//     reads the image before it was broken (TestHostileServed).
+//     reads the image before it was broken (TestHostileServed);
+//   - read as QEMU reads it, where QEMU reads through the damage (tables
+//     and clusters past the end of the file, NUL bytes in names, formats
+//     it probes): every view, map and depth as QEMU's tools give them,
+//     and a warning in the log (TestHostileServed, TestHostileAsQEMU);
+//     with --strict, refused or EIO instead.
 
 // qcowLayout finds the structures of a qcow2 image that a test breaks,
 // from its header as layers.DecodeHeader reads it.
@@ -216,16 +223,34 @@ func refusedRows() []refusedRow {
 			imagetest.PatchBE32(t, top, int64(q.h.HeaderLength)+4, 0x10000)
 			return top, nil
 		}, []string{"top.qcow2: header extension 0xe2792aca at 0x70: length 65536 reaches past the end of the header area"}},
-		{"L1 table past the end of the file", func(t *testing.T, dir string) (string, []string) {
+		// Tables QEMU reads as zero past the end of the file: refused in
+		// strict mode only (TestHostileAsQEMU mounts them by default).
+		{"--strict: L1 table past the end of the file", func(t *testing.T, dir string) (string, []string) {
 			p := oneMiB(t, dir, "bad.qcow2")
 			imagetest.PatchBE64(t, p, 40, uint64(sizeOf(t, p)+0xffff)&^0xffff)
-			return p, nil
+			return p, []string{"--strict"}
 		}, []string{"bad.qcow2: L1 table at", "lies beyond end of file"}},
-		{"refcount table past the end of the file", func(t *testing.T, dir string) (string, []string) {
+		{"-o strict: refcount table past the end of the file", func(t *testing.T, dir string) (string, []string) {
 			p := oneMiB(t, dir, "bad.qcow2")
 			imagetest.PatchBE64(t, p, 48, uint64(sizeOf(t, p)+0xffff)&^0xffff)
-			return p, nil
+			return p, []string{"-o", "strict"}
 		}, []string{"bad.qcow2: refcount table at", "lies beyond end of file"}},
+		// Open-time checks QEMU makes.
+		{"no refcount table", patch32(56, 0), []string{"bad.qcow2: header: no reference count table (refcount_table_clusters is 0)"}},
+		{"snapshot table offset not cluster aligned, no snapshots", func(t *testing.T, dir string) (string, []string) {
+			p := oneMiB(t, dir, "bad.qcow2")
+			imagetest.PatchBE64(t, p, 64, 0x200)
+			return p, nil
+		}, []string{"bad.qcow2: header: snapshot table offset invalid: 0x200 is not a cluster-aligned file offset"}},
+		{"end of the header extensions with a length past the header area", func(t *testing.T, dir string) (string, []string) {
+			p := oneMiB(t, dir, "bad.qcow2")
+			q := layoutOf(t, p)
+			// The feature name table, then the end marker.
+			ft := int64(q.h.HeaderLength)
+			end := ft + 8 + int64(imagetest.ReadBE32(t, p, ft+4)+7)&^7
+			imagetest.PatchBE32(t, p, end+4, 0x10000)
+			return p, nil
+		}, []string{"bad.qcow2: header extension 0x0 at", "length 65536 reaches past the end of the header area"}},
 		{"--confine: backing file outside by absolute name", func(t *testing.T, dir string) (string, []string) {
 			jail, outside := jailDirs(t, dir)
 			oneMiB(t, outside, "secret.qcow2")
@@ -333,15 +358,24 @@ func TestLimitsAllowMounting(t *testing.T) {
 }
 
 // servedRow is an image broken so that QEMU's rules still serve all but
-// a range of it.
+// a range of it, or all of it.
 type servedRow struct {
 	name string
 	// opts and write make mid.qcow2, whose guest range [0, 512k) holds
 	// data (written by write, one qemu-io command).
 	opts  []string
 	write string
-	// brk breaks mid.qcow2 and returns the broken guest ranges.
+	// brk breaks mid.qcow2 and returns the guest ranges that break.
 	brk func(t *testing.T, mid string) [][2]int64
+	// strict mounts with --strict.
+	strict bool
+	// qemuReads: QEMU reads the broken image whole (damage it reads
+	// through): every view must then read as qemu-img convert reads the
+	// broken image, its maps match qemu-img map of it, and nothing
+	// fails; warn is in the mount's log. Otherwise the broken ranges
+	// fail with EIO and log says why.
+	qemuReads bool
+	warn      string
 	// mapBroken: the breakage shows in the map (the L2 entries), not only
 	// in the data, so the map files of mid and top fail too.
 	mapBroken bool
@@ -350,18 +384,55 @@ type servedRow struct {
 	log string
 }
 
+// unmountDamage is the warning that sums up, at unmount, the damage the
+// reads of a layer met.
+const unmountDamage = "damage the layer's reads met"
+
 // cluster2 is the guest cluster broken in most rows: [128k, 192k).
 var cluster2 = [][2]int64{{128 << 10, 192 << 10}}
 
+// pastEOF points mid's L2 entry of guest 128 KiB at 64 MiB, past the end.
+func pastEOF(t *testing.T, mid string) [][2]int64 {
+	q := layoutOf(t, mid)
+	imagetest.PatchBE64(t, mid, q.l2Entry(t, 128<<10), copiedFlag|64<<20)
+	return cluster2
+}
+
+// compressedPastEOF points mid's compressed cluster of guest 128 KiB past
+// the end of the file.
+func compressedPastEOF(t *testing.T, mid string) [][2]int64 {
+	q := layoutOf(t, mid)
+	e, _ := q.compressed(t, 128<<10)
+	imagetest.PatchBE64(t, mid, q.l2Entry(t, 128<<10), q.withStream(e, sizeOf(t, mid)+12345, 512))
+	return cluster2
+}
+
+// truncated cuts mid in the middle of its data clusters and returns the
+// guest clusters whose data is cut.
+func truncated(t *testing.T, mid string) [][2]int64 {
+	q := layoutOf(t, mid)
+	cut := q.host(t, 384<<10) + 1000
+	var broken [][2]int64
+	for g := int64(0); g < 512<<10; g += 64 << 10 {
+		if q.host(t, g)+64<<10 > cut {
+			broken = append(broken, [2]int64{g, g + 64<<10})
+		}
+	}
+	if err := os.Truncate(mid, cut); err != nil {
+		t.Fatal(err)
+	}
+	if len(broken) == 0 {
+		t.Fatal("truncating cut no data cluster")
+	}
+	return broken
+}
+
 func servedRows() []servedRow {
 	return []servedRow{
-		{name: "L2 entry pointing past the end of the file", write: "write -P 0x22 0 512k", mapBroken: true,
-			log: "mid.qcow2: data cluster for guest offset 0x20000 at 0x4000000 lies beyond end of file",
-			brk: func(t *testing.T, mid string) [][2]int64 {
-				q := layoutOf(t, mid)
-				imagetest.PatchBE64(t, mid, q.l2Entry(t, 128<<10), copiedFlag|64<<20)
-				return cluster2
-			}},
+		{name: "L2 entry pointing past the end of the file", write: "write -P 0x22 0 512k", brk: pastEOF, qemuReads: true,
+			warn: "mid.qcow2: L2 table at 0x40000: 1 data clusters reach past end of file"},
+		{name: "--strict: L2 entry pointing past the end of the file", write: "write -P 0x22 0 512k", brk: pastEOF, strict: true, mapBroken: true,
+			log: "mid.qcow2: data cluster for guest offset 0x20000 at 0x4000000 lies beyond end of file"},
 		{name: "L2 entry not cluster aligned", write: "write -P 0x22 0 512k", mapBroken: true,
 			log: "is not cluster aligned (guest offset 0x20000",
 			brk: func(t *testing.T, mid string) [][2]int64 {
@@ -370,14 +441,10 @@ func servedRows() []servedRow {
 				imagetest.PatchBE64(t, mid, e, imagetest.ReadBE64(t, mid, e)+512)
 				return cluster2
 			}},
-		{name: "compressed descriptor pointing past the end of the file", write: "write -c -P 0x22 0 512k", mapBroken: true,
-			log: "mid.qcow2: compressed cluster for guest offset 0x20000 at",
-			brk: func(t *testing.T, mid string) [][2]int64 {
-				q := layoutOf(t, mid)
-				e, _ := q.compressed(t, 128<<10)
-				imagetest.PatchBE64(t, mid, q.l2Entry(t, 128<<10), q.withStream(e, sizeOf(t, mid)+12345, 512))
-				return cluster2
-			}},
+		{name: "compressed descriptor pointing past the end of the file", write: "write -c -P 0x22 0 512k", brk: compressedPastEOF,
+			log: "mid.qcow2: compressed cluster for guest offset 0x20000 at", warn: "1 compressed clusters start past end of file"},
+		{name: "--strict: compressed descriptor pointing past the end of the file", write: "write -c -P 0x22 0 512k", brk: compressedPastEOF,
+			strict: true, mapBroken: true, log: "mid.qcow2: compressed cluster for guest offset 0x20000 at"},
 		{name: "corrupt zlib stream", write: "write -c -P 0x22 0 512k",
 			log: "for guest offset 0x20000 does not inflate to one cluster",
 			brk: func(t *testing.T, mid string) [][2]int64 {
@@ -408,25 +475,10 @@ func servedRows() []servedRow {
 				imagetest.PatchBE64(t, mid, q.l2Entry(t, 128<<10), q.withStream(e, at, int64(len(short))))
 				return cluster2
 			}},
-		{name: "truncated image", write: "write -P 0x22 0 512k", mapBroken: true,
-			log: "lies beyond end of file",
-			brk: func(t *testing.T, mid string) [][2]int64 {
-				q := layoutOf(t, mid)
-				cut := q.host(t, 384<<10)
-				if err := os.Truncate(mid, cut); err != nil {
-					t.Fatal(err)
-				}
-				var broken [][2]int64
-				for g := int64(0); g < 512<<10; g += 64 << 10 {
-					if q.host(t, g) >= cut {
-						broken = append(broken, [2]int64{g, g + 64<<10})
-					}
-				}
-				if len(broken) == 0 {
-					t.Fatal("truncating cut no data cluster")
-				}
-				return broken
-			}},
+		{name: "truncated image", write: "write -P 0x22 0 512k", brk: truncated, qemuReads: true,
+			warn: "data clusters reach past end of file"},
+		{name: "--strict: truncated image", write: "write -P 0x22 0 512k", brk: truncated, strict: true, mapBroken: true,
+			log: "lies beyond end of file"},
 		{name: "extended L2 bitmap with a subcluster both allocated and zero", opts: []string{"extended_l2=on"}, write: "write -P 0x22 0 512k", mapBroken: true,
 			log: "mid.qcow2: invalid extended L2 bitmap 0x00000001ffffffff for guest cluster 0x20000",
 			brk: func(t *testing.T, mid string) [][2]int64 {
@@ -439,15 +491,20 @@ func servedRows() []servedRow {
 
 // TestHostileServed builds top.qcow2 -> mid.qcow2 -> base.raw (1 MiB each;
 // base all data, mid data at [0, 512k), top data at [768k, 832k)), reads
-// every view with qemu-img convert, breaks mid, and mounts top. Every 4 KiB
-// page of every view must then read as before, except the pages of the
-// broken range in mid's and top's views, which fail with EIO; a 4 KiB
-// read next to the broken range, in the same readahead window, must work
-// on a cold cache; a whole-file read stops with EIO at the broken range
-// having returned exactly the bytes before it; stat works on every view;
-// the map files fail with EIO where the map needs the broken entries and
-// match qemu-img map elsewhere; and each failure is logged with the
-// file, cluster and offsets.
+// every view with qemu-img convert, breaks mid, and mounts top.
+//
+// Where QEMU reads through the damage (by default), every view reads as
+// qemu-img convert reads the broken image and maps as qemu-img map maps it,
+// and the mount logs a warning naming the damage.
+//
+// Otherwise every 4 KiB page of every view must read as before, except the
+// pages of the broken range in mid's and top's views, which fail with EIO;
+// a 4 KiB read next to the broken range, in the same readahead window,
+// must work on a cold cache; a whole-file read stops with EIO at the broken
+// range having returned exactly the bytes before it; stat works on every
+// view; the map files fail with EIO where the map needs the broken entries
+// (as qemu-img map and qemu-nbd fail) and match qemu-img map elsewhere;
+// and each failure is logged with the file, cluster and offsets.
 func TestHostileServed(t *testing.T) {
 	for _, r := range servedRows() {
 		t.Run(r.name, func(t *testing.T) {
@@ -472,24 +529,44 @@ func TestHostileServed(t *testing.T) {
 				views[i].ref = imagetest.ConvertRaw(t, views[i].path, views[i].format)
 			}
 			broken := r.brk(t, mid)
+			if r.qemuReads {
+				// QEMU's answer is the reference: what it reads of the
+				// broken image, which is whole.
+				for i := range views {
+					views[i].ref = imagetest.ConvertRaw(t, views[i].path, views[i].format)
+				}
+				broken = nil
+			}
 			views[0].broken, views[1].broken = broken, broken // top holds nothing over it
 
-			mnt := mount(t, top)
-			expectLog(t, mnt, r.log)
+			var args []string
+			if r.strict {
+				args = []string{"--strict"}
+			}
+			mnt := mount(t, top, args...)
+			expectLog(t, mnt, unmountDamage)
+			for _, p := range []string{r.log, r.warn} {
+				if p != "" {
+					expectLog(t, mnt, p)
+				}
+			}
 
-			// Cold cache: the first read of each broken view is 4 KiB just
-			// before the broken range, whose readahead window covers it.
-			for _, v := range views[:2] {
-				f, err := os.Open(filepath.Join(mnt, v.name+".raw"))
-				if err != nil {
-					t.Fatal(err)
+			if len(broken) > 0 {
+				// Cold cache: the first read of each broken view is 4 KiB
+				// just before the broken range, whose readahead window
+				// covers it.
+				for _, v := range views[:2] {
+					f, err := os.Open(filepath.Join(mnt, v.name+".raw"))
+					if err != nil {
+						t.Fatal(err)
+					}
+					off := broken[0][0] - 8<<10
+					buf := make([]byte, 4096)
+					if _, err := f.ReadAt(buf, off); err != nil || !bytes.Equal(buf, v.ref[off:off+4096]) {
+						t.Errorf("%s: 4 KiB read at %#x, next to the broken range: %v, or wrong bytes", v.name, off, err)
+					}
+					f.Close()
 				}
-				off := broken[0][0] - 8<<10
-				buf := make([]byte, 4096)
-				if _, err := f.ReadAt(buf, off); err != nil || !bytes.Equal(buf, v.ref[off:off+4096]) {
-					t.Errorf("%s: 4 KiB read at %#x, next to the broken range: %v, or wrong bytes", v.name, off, err)
-				}
-				f.Close()
 			}
 			for _, v := range views {
 				checkBrokenView(t, filepath.Join(mnt, v.name+".raw"), v.ref, v.broken)
@@ -515,13 +592,21 @@ func TestHostileServed(t *testing.T) {
 						if want := imagetest.QemuMapJSON(t, v.path, v.format); got != want {
 							t.Errorf("%s differs from qemu-img map of the broken image:\n%s", v.name+suffix, lineDiff(got, want))
 						}
+					} else if want := imagetest.NBDDepth(t, v.path, v.format, false); got != want {
+						t.Errorf("%s differs from nbdinfo over qemu-nbd -A of the broken image:\n%s", v.name+suffix, lineDiff(got, want))
 					}
 				}
 			}
 
+			log := mountLog(t, mnt)
+			if r.qemuReads {
+				if !regexp.MustCompile(`level=warning msg=".*` + regexp.QuoteMeta(r.warn) + `.*damage=data-cluster-past-eof file=.*mid.qcow2 guest_offset=\d+ host_offset=\d+ l2_table=\d+ structure="data cluster"`).MatchString(log) {
+					t.Errorf("no warning naming the damage, file, structure and offsets in the log:\n%s", log)
+				}
+				return
+			}
 			// The log names the file, the cluster and the offsets, with
 			// the view and the request.
-			log := mountLog(t, mnt)
 			for _, v := range views[:2] {
 				if !regexp.MustCompile(`level=error msg="read failed: EIO" error=".*` + regexp.QuoteMeta(r.log) + `.*file=` + regexp.QuoteMeta(v.name) + `.raw layer=\d len=\d+ off=\d+ op=read`).MatchString(log) {
 					t.Errorf("no read error for %s.raw in the log:\n%s", v.name, log)
@@ -609,6 +694,191 @@ func TestConfineCommands(t *testing.T) {
 		}
 		if out, code := chainfs(t, cmd, "--confine", dir, top); code != 0 {
 			t.Errorf("chainfs %s --confine with the whole chain inside: exit %d, %q", cmd, code, out)
+		}
+	}
+}
+
+// asQEMURow is a chain whose top image is damaged in a way QEMU reads
+// through, or names things the way only QEMU's rules read.
+type asQEMURow struct {
+	name string
+	// make builds the chain in dir and returns its layers as QEMU opens
+	// them, top first.
+	make func(t *testing.T, dir string) []layer
+	// warn are the warnings the mount must log.
+	warn []string
+	// damage is the kind (its key) chainfs info --check counts in the
+	// top layer, if any.
+	damage string
+}
+
+// overRaw makes top.qcow2 (1 MiB, data at [0, 256k)) over base.raw (all
+// 0x11).
+func overRaw(t *testing.T, dir string, opts ...string) (top, base string) {
+	base = imagetest.Create(t, dir, "base.raw", "raw", 1<<20)
+	imagetest.QemuIO(t, "raw", base, "write -P 0x11 0 1M")
+	top = imagetest.Create(t, dir, "top.qcow2", "qcow2", 0, append(opts, "backing_file=base.raw", "backing_fmt=raw")...)
+	imagetest.QemuIO(t, "qcow2", top, "write -P 0x22 0 256k")
+	return top, base
+}
+
+// findExt returns the file offset of header extension typ of a v3 image.
+func findExt(t *testing.T, path string, typ uint32) int64 {
+	t.Helper()
+	off := int64(imagetest.ReadBE32(t, path, 100))
+	for {
+		et, n := imagetest.ReadBE32(t, path, off), int64(imagetest.ReadBE32(t, path, off+4))
+		if et == typ {
+			return off
+		}
+		if et == 0 {
+			t.Fatalf("%s: no header extension %#x", path, typ)
+		}
+		off += 8 + (n+7)&^7
+	}
+}
+
+func asQEMURows() []asQEMURow {
+	return []asQEMURow{
+		{name: "L1 table past the end of the file: all unallocated", damage: "l1-table-past-eof",
+			warn: []string{"L1 table at", "reaches past end of file"},
+			make: func(t *testing.T, dir string) []layer {
+				top, base := overRaw(t, dir)
+				imagetest.PatchBE64(t, top, 40, uint64(sizeOf(t, top)+0xffff)&^0xffff)
+				return []layer{{top, "qcow2"}, {base, "raw"}}
+			}},
+		{name: "refcount table past the end of the file", damage: "refcount-table-past-eof",
+			warn: []string{"refcount table at", "reaches past end of file"},
+			make: func(t *testing.T, dir string) []layer {
+				top, base := overRaw(t, dir)
+				imagetest.PatchBE64(t, top, 48, uint64(sizeOf(t, top)+0xffff)&^0xffff)
+				return []layer{{top, "qcow2"}, {base, "raw"}}
+			}},
+		{name: "L2 table past the end of the file: the backing file shows", damage: "l2-table-past-eof",
+			warn: []string{"L2 table at", "reaches past end of file"},
+			make: func(t *testing.T, dir string) []layer {
+				top, base := overRaw(t, dir, "cluster_size=4096")
+				q := layoutOf(t, top)
+				l1 := int64(q.h.L1TableOffset)
+				imagetest.PatchBE64(t, top, l1, copiedFlag|uint64(sizeOf(t, top)+0x10000)&^0xfff)
+				return []layer{{top, "qcow2"}, {base, "raw"}}
+			}},
+		{name: "data clusters just past the end of the file: zeroes", damage: "data-cluster-past-eof",
+			warn: []string{"data clusters reach past end of file"},
+			make: func(t *testing.T, dir string) []layer {
+				top, base := overRaw(t, dir)
+				q := layoutOf(t, top)
+				end := uint64(sizeOf(t, top))
+				imagetest.PatchBE64(t, top, q.l2Entry(t, 64<<10), copiedFlag|end)
+				imagetest.PatchBE64(t, top, q.l2Entry(t, 512<<10), copiedFlag|end+64<<10)
+				return []layer{{top, "qcow2"}, {base, "raw"}}
+			}},
+		{name: "qcow2 magic with version 0 is raw",
+			make: func(t *testing.T, dir string) []layer {
+				p := oneMiB(t, dir, "v0.img")
+				imagetest.PatchBE32(t, p, 4, 0)
+				return []layer{{p, "raw"}}
+			}},
+		{name: "backing file with qcow2 magic and version 0, format not recorded: probed raw",
+			warn: []string{"has no recorded format; probed it as raw"},
+			make: func(t *testing.T, dir string) []layer {
+				b := oneMiB(t, dir, "v0.img")
+				top := imagetest.Create(t, dir, "top.qcow2", "qcow2", 0, "backing_file=v0.img", "backing_fmt=qcow2")
+				imagetest.QemuIO(t, "qcow2", top, "write -P 0x33 128k 64k")
+				imagetest.PatchBE32(t, b, 4, 0)
+				imagetest.PatchBE32(t, top, findExt(t, top, 0xe2792aca), 0x7e577e57) // drop the format
+				return []layer{{top, "qcow2"}, {b, "raw"}}
+			}},
+		{name: "NUL inside the backing file name",
+			warn: []string{"the recorded backing file name (12 bytes) ends at a NUL after 8"},
+			make: func(t *testing.T, dir string) []layer {
+				top, base := overRaw(t, dir)
+				off := int64(imagetest.ReadBE64(t, top, 8))
+				imagetest.PatchBE32(t, top, 16, 12)
+				imagetest.Patch(t, top, off+8, []byte("\x00.gz"))
+				return []layer{{top, "qcow2"}, {base, "raw"}}
+			}},
+		{name: "NUL inside the backing format",
+			warn: []string{"the recorded backing format ends at a NUL"},
+			make: func(t *testing.T, dir string) []layer {
+				top, base := overRaw(t, dir)
+				ext := findExt(t, top, 0xe2792aca)
+				imagetest.PatchBE32(t, top, ext+4, 5)
+				imagetest.Patch(t, top, ext+8, []byte("raw\x00q"))
+				return []layer{{top, "qcow2"}, {base, "raw"}}
+			}},
+	}
+}
+
+// TestHostileAsQEMU mounts chains that QEMU reads through damage or names
+// by rules of its own (items 1, 2, 4 and 5 of issue 12) and holds every
+// layer's view, map and depth against QEMU's tools (checkLayer, as for the
+// healthy chains), `chainfs map` and `chainfs depth` against the mounted
+// files, and the mount's log against the warnings that must name the
+// damage.
+func TestHostileAsQEMU(t *testing.T) {
+	for _, r := range asQEMURows() {
+		t.Run(r.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			chain := r.make(t, dir)
+			mnt := mount(t, chain[0].path)
+			expectLog(t, mnt, append(r.warn, unmountDamage)...)
+			checkNames(t, mnt, chain)
+			for i, l := range chain {
+				t.Run(fmt.Sprintf("layer %d %s", i, filepath.Base(l.path)), func(t *testing.T) {
+					checkLayer(t, mnt, i, l)
+					for _, cmd := range []string{"map", "depth"} {
+						suffix := map[string]string{"map": ".map.json", "depth": ".depth"}[cmd]
+						out, stderr, code := chainfsSplit(t, cmd, "-U", "--layer", fmt.Sprint(i), chain[0].path)
+						if want := readGenerated(t, filepath.Join(mnt, viewName(i, l)+suffix)); code != 0 || out != want {
+							t.Errorf("chainfs %s --layer %d: exit %d, and its output is not the mounted file's:\n%s%s", cmd, i, code, out, stderr)
+						}
+					}
+				})
+			}
+			log := mountLog(t, mnt)
+			for _, w := range r.warn {
+				if !regexp.MustCompile(`level=warning msg=".*` + regexp.QuoteMeta(w)).MatchString(strings.ReplaceAll(log, `\"`, `"`)) {
+					t.Errorf("no warning %q in the log:\n%s", w, log)
+				}
+			}
+			checkInfoDamage(t, chain[0].path, r.damage)
+		})
+	}
+}
+
+// checkInfoDamage: chainfs info --check --json counts damage of kind key
+// in the top layer (none anywhere when key is empty), and chainfs info
+// without --check counts at most that.
+func checkInfoDamage(t *testing.T, image, key string) {
+	t.Helper()
+	for _, check := range []bool{true, false} {
+		args := []string{"info", "--json", "-U", image}
+		if check {
+			args = append([]string{"info", "--check"}, args[1:]...)
+		}
+		out, stderr, code := chainfsSplit(t, args...)
+		if code != 0 {
+			t.Fatalf("chainfs %q: exit %d: %s", args, code, stderr)
+		}
+		var infos []struct {
+			Chainfs struct {
+				Damage map[string]int64 `json:"damage"`
+			} `json:"chainfs"`
+		}
+		if err := json.Unmarshal([]byte(out), &infos); err != nil {
+			t.Fatalf("chainfs %q: %v\n%s", args, err, out)
+		}
+		for i, info := range infos {
+			for k, n := range info.Chainfs.Damage {
+				if i != 0 || k != key || n <= 0 {
+					t.Errorf("chainfs %q: layer %d counts %d of damage %q", args, i, n, k)
+				}
+			}
+		}
+		if check && key != "" && infos[0].Chainfs.Damage[key] == 0 {
+			t.Errorf("chainfs %q: no %q damage in the top layer:\n%s", args, key, out)
 		}
 	}
 }

@@ -196,6 +196,21 @@ func chainfs(t testing.TB, args ...string) (string, int) {
 	return string(out), cmd.ProcessState.ExitCode()
 }
 
+// chainfsSplit runs the binary under test like chainfs, keeping its
+// stdout (the answer) apart from its stderr (warnings and errors).
+func chainfsSplit(t testing.TB, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(chainfsBin, args...)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		if _, ok := err.(*exec.ExitError); !ok {
+			t.Fatalf("chainfs %q: %v", args, err)
+		}
+	}
+	return out.String(), errb.String(), cmd.ProcessState.ExitCode()
+}
+
 // mount mounts image in the background at a fresh directory with a log
 // file, checks that the mount is up the moment the command returns, and
 // registers its unmount with t.Cleanup. At cleanup the mount must go, the
@@ -297,14 +312,11 @@ func chainFiles(t testing.TB, image string, mountArgs []string) []string {
 			args = append(args, "--format", mountArgs[i+1])
 		}
 	}
-	// Only stdout: the image may log warnings (a snapshot left out).
-	cmd := exec.Command(chainfsBin, append(args, image)...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	stdout, err := cmd.Output()
-	out := string(stdout)
-	if err != nil {
-		t.Fatalf("chainfs %q: %v: %s", args, err, stderr.String())
+	// Only stdout: the image may log warnings (a snapshot left out, a
+	// probed format, damage).
+	out, stderr, code := chainfsSplit(t, append(args, image)...)
+	if code != 0 {
+		t.Fatalf("chainfs %q: exit %d: %s%s", args, code, out, stderr)
 	}
 	var infos []struct {
 		Filename string `json:"filename"`

@@ -118,6 +118,10 @@ type chainfsInfo struct {
 	// snapshots and persistent bitmaps (inner.go).
 	Snapshots []snapshotFiles `json:"snapshots,omitempty"`
 	Bitmaps   []bitmapFiles   `json:"bitmaps,omitempty"`
+	// Damage counts, per kind (layers.DamageKind.Key), the damage QEMU
+	// reads through that chainfs noticed: what opening the chain read,
+	// or with --check every table of the layer.
+	Damage map[string]int64 `json:"damage,omitempty"`
 }
 
 // describeChain says of every layer of chain, top first, what
@@ -151,6 +155,15 @@ func describeLayer(l *layers.Layer, filename string) imageInfo {
 	}
 	if l.DataFile != nil {
 		i.Chainfs.DataFilePath = l.DataFile.Name
+	}
+	d := l.Damage()
+	for _, k := range layers.DamageKinds() {
+		if d[k] > 0 {
+			if i.Chainfs.Damage == nil {
+				i.Chainfs.Damage = map[string]int64{}
+			}
+			i.Chainfs.Damage[k.Key()] = d[k]
+		}
 	}
 	if h := l.Header; h != nil {
 		i.ClusterSize = l.ClusterSize

@@ -20,6 +20,7 @@ type chainFlags struct {
 	format     string
 	layer      int
 	forceShare bool
+	strict     bool
 	limits     limitFlags
 	// check, when set, validates the command's own flags once parsed.
 	check func() error
@@ -30,10 +31,15 @@ type chainFlags struct {
 	more, moreArgs []string
 }
 
+// strictUsage describes --strict, for every command that has it.
+const strictUsage = "fail reads (and refuse images) where QEMU reads through damage that qemu-img check reports: " +
+	"tables or clusters past the end of their file, reserved bits (default: read as QEMU does, and log it)"
+
 func (c *chainFlags) register(fs *flag.FlagSet, withLayer bool) {
 	fs.StringVar(&c.format, "format", "", "`FORMAT` of IMAGE: qcow2 or raw (default: probe)")
 	fs.BoolVar(&c.forceShare, "U", false, "same as --force-share")
 	fs.BoolVar(&c.forceShare, "force-share", false, "ignore QEMU's image locks, as qemu-img -U (read even while a VM writes)")
+	fs.BoolVar(&c.strict, "strict", false, strictUsage)
 	c.limits.register(fs)
 	if withLayer {
 		fs.IntVar(&c.layer, "layer", 0, "the layer `N` to show: 0 is IMAGE, 1 its backing file, ...")
@@ -102,7 +108,7 @@ func (c *chainFlags) open(fs *flag.FlagSet, args []string, stderr io.Writer) (*l
 	log.SetOutput(stderr)
 	log.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true, DisableColors: true})
 	chain, err := layers.Open(pos[0], &layers.Options{Format: f, Log: slogrus.New(log), ForceShare: c.forceShare,
-		Confine: c.limits.confine, MaxDepth: c.limits.maxDepth})
+		Confine: c.limits.confine, MaxDepth: c.limits.maxDepth, Strict: c.strict})
 	if err != nil {
 		fmt.Fprintf(stderr, "chainfs %s: %v\n", fs.Name(), err)
 		return nil, exitImage
@@ -136,6 +142,7 @@ func cmdInfo(args []string, stdout, stderr io.Writer) int {
 	asJSON := fset.Bool("json", false, "print JSON: an array, top layer first")
 	output := fset.String("output", "human", "output `FORMAT`: human or json (as qemu-img's --output)")
 	fset.Bool("backing-chain", true, "accepted for qemu-img's command line: chainfs info always describes the whole chain")
+	check := fset.Bool("check", false, "read every table of every layer (as a map of each would) and count the damage QEMU reads through; without it, only what opening the chain read is looked at")
 	c.check = func() error {
 		switch *output {
 		case "json":
@@ -151,6 +158,11 @@ func cmdInfo(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	defer chain.Close()
+	if *check {
+		for _, l := range chain.Layers {
+			l.ScanDamage()
+		}
+	}
 	infos := describeChain(chain)
 	write := writeInfoText
 	if *asJSON {

@@ -6,6 +6,8 @@ import (
 	"io"
 	"math"
 	"strings"
+
+	"github.com/chainfs/chainfs/layers"
 )
 
 // writeInfoJSON writes infos as `qemu-img info --output=json
@@ -139,6 +141,14 @@ func writeChainfsText(b *bytes.Buffer, c *chainfsInfo) {
 		fmt.Fprintf(b, "    data file path: %s\n", c.DataFilePath)
 	}
 	writeInnerText(b, c)
+	if len(c.Damage) > 0 {
+		b.WriteString("    damage QEMU reads through (qemu-img check reports it):\n")
+		for _, k := range layers.DamageKinds() {
+			if n := c.Damage[k.Key()]; n > 0 {
+				fmt.Fprintf(b, "        %s: %d\n", k, n)
+			}
+		}
+	}
 }
 
 func diskSize(n *int64) string {

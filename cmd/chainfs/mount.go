@@ -31,6 +31,7 @@ MOUNTPOINT" (or fusermount3 -u). -o takes mount options, comma-separated:
   noexec, exec, auto_unmount  passed to fusermount3
   debug                    same as --debug-fuse
   force_share              same as --force-share
+  strict                   same as --strict
   confine=DIR              same as --confine DIR
   max_depth=N              same as --max-depth N
   ro, rw, defaults, nofail, _netdev, noauto, user, users, dev, suid, atime...
@@ -43,11 +44,11 @@ options:`
 func cmdMount(args []string, stderr io.Writer) int {
 	fset := newFlagSet("mount", mountSynopsis, stderr)
 	var (
-		fg, debugFuse, forceShare bool
-		format                    string
-		opts                      optList
-		lf                        logFlags
-		limits                    limitFlags
+		fg, debugFuse, forceShare, strict bool
+		format                            string
+		opts                              optList
+		lf                                logFlags
+		limits                            limitFlags
 	)
 	fset.BoolVar(&fg, "f", false, "stay in the foreground (serve until SIGINT/SIGTERM or unmount)")
 	fset.BoolVar(&fg, "foreground", false, "same as -f")
@@ -56,6 +57,7 @@ func cmdMount(args []string, stderr io.Writer) int {
 	fset.BoolVar(&debugFuse, "debug-fuse", false, "log every FUSE request and reply (the wire trace)")
 	fset.BoolVar(&forceShare, "U", false, "same as --force-share")
 	fset.BoolVar(&forceShare, "force-share", false, "ignore QEMU's image locks, as qemu-img -U: mount even while a VM writes to the image (reads may then be torn)")
+	fset.BoolVar(&strict, "strict", false, strictUsage)
 	limits.register(fset)
 	lf.register(fset)
 	pos, err := parseArgs(fset, args)
@@ -92,6 +94,7 @@ func cmdMount(args []string, stderr io.Writer) int {
 	}
 	mo.fs.Debug = mo.fs.Debug || debugFuse
 	mo.forceShare = mo.forceShare || forceShare
+	mo.strict = mo.strict || strict
 
 	ready, err := readyPipe()
 	if err != nil {
@@ -165,7 +168,7 @@ func (s *server) run(lf *logFlags) int {
 	cache := layers.NewCacheSizes(layers.DefaultCacheSizes)
 	logCacheStatsOnSignal(log, cache)
 	chain, err := layers.Open(s.image, &layers.Options{Format: s.format, Log: slogrus.New(log), ForceShare: s.opts.forceShare,
-		Confine: s.limits.confine, MaxDepth: s.limits.maxDepth, Cache: cache})
+		Confine: s.limits.confine, MaxDepth: s.limits.maxDepth, Strict: s.opts.strict, Cache: cache})
 	if err != nil {
 		return s.fail(exitImage, err)
 	}
@@ -203,9 +206,29 @@ func (s *server) run(lf *logFlags) int {
 		s.ready.Close()
 	}
 	srv.Wait()
+	logDamage(log, chain)
 	logCacheStats(log, cache)
 	log.WithField("mountpoint", mnt).Info("unmounted")
 	return exitOK
+}
+
+// logDamage sums up, per layer, the damage QEMU reads through that the
+// mount met: each structure was logged as it was first read, but only so
+// many per image.
+func logDamage(log logrus.FieldLogger, chain *layers.Chain) {
+	for _, l := range chain.Layers {
+		d := l.Damage()
+		if d.Total() == 0 {
+			continue
+		}
+		f := logrus.Fields{"layer": l.Index, "path": l.Path}
+		for _, k := range layers.DamageKinds() {
+			if d[k] > 0 {
+				f[k.Key()] = d[k]
+			}
+		}
+		log.WithFields(f).Warn("damage the layer's reads met (QEMU reads through it; qemu-img check reports it)")
+	}
 }
 
 // handleSignals unmounts on SIGINT and SIGTERM (and SIGHUP in the
@@ -302,9 +325,11 @@ func logChain(log logrus.FieldLogger, chain *layers.Chain) {
 //
 // What may be live, at most: the chain's caches (layers.DefaultCacheSizes:
 // 16 MiB of L2 tables, 4 MiB of inflated clusters kept, 4 MiB of
-// read-ahead), about 8 MiB of resolved views, and go-fuse's request
-// buffers (1 MiB for each reader waiting on the kernel and each large read
-// in flight: 6-10 MiB under deep queues), so 40 MiB in all. 48 MiB leaves
+// read-ahead; layers.DefaultResolvedBytes: 8 MiB of resolved views), the
+// mount's rendered map text (fs.RenderedBytes: 2 MiB), and go-fuse's
+// request buffers (1 MiB for each reader waiting on the kernel and each
+// large read in flight: 6-10 MiB under deep queues), so 44 MiB in all,
+// rarely all at once. 48 MiB leaves
 // the collector room to run now and then rather than all the time, and
 // with the binary's own pages (about 8 MiB) keeps the daemon's RSS under
 // the 64 MiB that issue 10's benchmarks hold it to.

@@ -21,6 +21,7 @@ func (o *optList) Set(s string) error {
 type mountOpts struct {
 	fs         chainfs.Options
 	forceShare bool
+	strict     bool     // -o strict
 	confine    string   // -o confine=DIR
 	maxDepth   int      // -o max_depth=N; 0: not given
 	notes      []string // options accepted without effect, for the debug log
@@ -77,6 +78,8 @@ func (m *mountOpts) apply(o string) error {
 		m.fs.Debug = true
 	case key == "force_share" && !hasVal:
 		m.forceShare = true
+	case key == "strict" && !hasVal:
+		m.strict = true
 	case key == "confine" && hasVal && val != "":
 		m.confine = val
 	case key == "max_depth" && hasVal:
