@@ -26,7 +26,7 @@ func Mount(mountpoint string, chain *layers.Chain, opts *Options) (*fuse.Server,
 	if opts == nil {
 		opts = &Options{}
 	}
-	srv, err := gofs.Mount(mountpoint, NewRoot(chain, opts), GoFuseOptions(chain, opts))
+	srv, err := MountWithReaders(mountpoint, NewRoot(chain, opts), GoFuseOptions(chain, opts), opts.Readers)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s at %s: %w", chain.Top().Path, mountpoint, err)
 	}

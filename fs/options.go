@@ -76,6 +76,9 @@ type Options struct {
 	CacheTimeout time.Duration
 	// MaxRead is the largest read request; zero means DefaultMaxRead.
 	MaxRead int
+	// Readers is how many goroutines wait on the kernel for requests
+	// (sched.go); zero means DefaultReaders.
+	Readers int
 }
 
 func (o *Options) log() logrus.FieldLogger {

@@ -3,7 +3,6 @@ package layers
 import (
 	"fmt"
 	"io"
-	"runtime"
 	"sync"
 	"sync/atomic"
 )
@@ -135,11 +134,11 @@ func (l *Layer) read(p []byte, off int64) error {
 
 // inflateAll inflates the compressed clusters among runs into p, each
 // from the layer that holds it. Inflating is the one CPU-bound step of a
-// read, so the clusters of one large read are shared out among up to
-// GOMAXPROCS goroutines.
+// read, so the clusters of one large read are shared out among up to one
+// goroutine per CPU.
 func inflateAll(p []byte, off int64, exts []Run, n int) error {
 	one := func(r *Run) error { return r.Layer.readCompressed(p[r.Offset-off:r.End()-off], &r.Extent) }
-	workers := min(n, runtime.GOMAXPROCS(0))
+	workers := min(n, cpus())
 	if workers <= 1 {
 		for i := range exts {
 			if exts[i].Kind == Compressed {

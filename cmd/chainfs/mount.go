@@ -325,9 +325,11 @@ func logChain(log logrus.FieldLogger, chain *layers.Chain) {
 //
 // What may be live, at most: the chain's caches (layers.DefaultCacheSizes:
 // 16 MiB of L2 tables, 4 MiB of inflated clusters kept, 4 MiB of
-// read-ahead), about 8 MiB of resolved views, and go-fuse's request
-// buffers (1 MiB for each reader waiting on the kernel and each large read
-// in flight: 6-10 MiB under deep queues), so 40 MiB in all. 48 MiB leaves
+// read-ahead; layers.DefaultResolvedBytes: 8 MiB of resolved views), the
+// mount's rendered map text (fs.RenderedBytes: 2 MiB), and go-fuse's
+// request buffers (1 MiB for each reader waiting on the kernel and each
+// large read in flight: 6-10 MiB under deep queues), so 44 MiB in all,
+// rarely all at once. 48 MiB leaves
 // the collector room to run now and then rather than all the time, and
 // with the binary's own pages (about 8 MiB) keeps the daemon's RSS under
 // the 64 MiB that issue 10's benchmarks hold it to.

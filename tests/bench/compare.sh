@@ -60,6 +60,10 @@
 #                  (issue 13: ls -l, du -s, reads, maps, RSS and mount time
 #                  for chains of up to 256 layers), run first;
 #                  WORKLOADS=DEEP runs only those
+#   RT=1           run the daemons and the measured commands at real-time
+#                  priority (chrt -r 50): on a machine others share, their
+#                  work then no longer preempts the measurement (it still
+#                  shares caches and memory bandwidth); the header says so
 #   PROFILE=1      also record a perf profile of the chainfs daemon over
 #                  one extra W1, W2, W3 and W4 (4 jobs) run each, and
 #                  print its top symbols
@@ -89,6 +93,9 @@ W6_TIMEOUT=${W6_TIMEOUT:-300}
 W3R_RUNTIME=${W3R_RUNTIME:-3}
 WORKLOADS=${WORKLOADS:-W1 W2 W3 W4 W6 W3R DQ EXT4}
 PROFILE=${PROFILE:-0}
+RT=${RT:-0}
+RTP=()
+if [ "$RT" = 1 ]; then RTP=(chrt -r 50); fi
 KEEP=${KEEP:-0}
 
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -265,7 +272,7 @@ mount_chainfs() { # KEY IMAGE
 	local mnt=$WORK/mnt/cfs-$1 pid
 	mkdir -p "$mnt"
 	MOUNTS+=("$mnt")
-	"$CHAINFS" mount --log-file "$WORK/log/chainfs-$1.log" "$2" "$mnt" || die "chainfs mount $2 failed"
+	"${RTP[@]}" "$CHAINFS" mount --log-file "$WORK/log/chainfs-$1.log" "$2" "$mnt" || die "chainfs mount $2 failed"
 	wait_mounted "$mnt" || die "chainfs mount of $2 is not in /proc/mounts"
 	pid=$(chainfs_pid "$mnt") || die "cannot find the chainfs server of $mnt"
 	PIDS+=("$pid")
@@ -277,7 +284,7 @@ mount_qsd() { # KEY IMAGE
 	local exp=$WORK/exp/qsd-$1 pid
 	: >"$exp"
 	MOUNTS+=("$exp")
-	qemu-storage-daemon \
+	"${RTP[@]}" qemu-storage-daemon \
 		--blockdev "driver=file,node-name=file0,filename=$2,read-only=on" \
 		--blockdev "driver=qcow2,node-name=fmt0,file=file0,read-only=on" \
 		--export "type=fuse,id=exp0,node-name=fmt0,mountpoint=$exp,writable=off" \
@@ -293,7 +300,7 @@ mount_ceiling() { # KEY RAW
 	local mnt=$WORK/mnt/ceil-$1 pid
 	mkdir -p "$mnt"
 	MOUNTS+=("$mnt")
-	"$WORK/bin/ceiling" -name view.raw "$2" "$mnt" >"$WORK/log/ceiling-$1.log" 2>&1 &
+	"${RTP[@]}" "$WORK/bin/ceiling" -name view.raw "$2" "$mnt" >"$WORK/log/ceiling-$1.log" 2>&1 &
 	pid=$!
 	PIDS+=("$pid")
 	wait_mounted "$mnt" "$pid" || die "ceiling mount of $2 did not come up: $(cat "$WORK/log/ceiling-$1.log")"
@@ -431,7 +438,7 @@ run1() {
 	dd)
 		unit=MiB/s
 		work=$(stat -c %s "$view")
-		out=$("$BT" run "$pid" -- dd if="$view" of=/dev/null bs=1M status=none 2>>"$WORK/log/runs.log") ||
+		out=$("${RTP[@]}" "$BT" run "$pid" -- dd if="$view" of=/dev/null bs=1M status=none 2>>"$WORK/log/runs.log") ||
 			{ log "$wl $side: dd failed"; out="-1 0 0"; }
 		read -r secs rss cpu <<<"$out"
 		value=$(awk -v b="$work" -v s="$secs" 'BEGIN { if (s > 0) printf "%.1f", b / 1048576 / s; else print -1 }')
@@ -446,7 +453,7 @@ run1() {
 			sz=$(($(stat -c %s "$view") / jobs / 4096 * 4096))
 			part=(--size="$sz" --offset_increment="$sz")
 		fi
-		out=$("$BT" run "$pid" -- fio --name=w4 --filename="$view" --readonly --ioengine=psync --rw=randread \
+		out=$("${RTP[@]}" "$BT" run "$pid" -- fio --name=w4 --filename="$view" --readonly --ioengine=psync --rw=randread \
 			--bs=4k --direct="$W4_DIRECT" "${part[@]}" --time_based --runtime="$FIO_RUNTIME" --numjobs="$jobs" \
 			--group_reporting --output-format=json --output="$WORK/out/fio.json" 2>>"$WORK/log/runs.log") ||
 			{ log "$wl $side: fio failed"; out="-1 0 0"; }
@@ -456,7 +463,7 @@ run1() {
 		;;
 	zr)
 		unit=IOPS
-		out=$("$BT" run "$pid" -- fio --name=w3r --filename="$view" --readonly --ioengine=psync --rw=randread \
+		out=$("${RTP[@]}" "$BT" run "$pid" -- fio --name=w3r --filename="$view" --readonly --ioengine=psync --rw=randread \
 			--bs=4k --direct="$W4_DIRECT" --time_based --runtime="$W3R_RUNTIME" --numjobs=1 \
 			--output-format=json --output="$WORK/out/fio.json" 2>>"$WORK/log/runs.log") ||
 			{ log "$wl $side: fio failed"; out="-1 0 0"; }
@@ -467,7 +474,7 @@ run1() {
 	aio:*) # aio:RW:BS:IODEPTH, O_DIRECT through libaio
 		local rw bs depth iops ios mibs bytes
 		IFS=: read -r _ rw bs depth <<<"$kind"
-		out=$("$BT" run "$pid" -- fio --name=dq --filename="$view" --readonly --ioengine=libaio --direct=1 \
+		out=$("${RTP[@]}" "$BT" run "$pid" -- fio --name=dq --filename="$view" --readonly --ioengine=libaio --direct=1 \
 			--rw="$rw" --bs="$bs" --iodepth="$depth" --time_based --runtime="$FIO_RUNTIME" --numjobs=1 \
 			--output-format=json --output="$WORK/out/fio.json" 2>>"$WORK/log/runs.log") ||
 			{ log "$wl $side: fio failed"; out="-1 0 0"; }
@@ -484,7 +491,7 @@ run1() {
 		unit=s
 		work=1
 		ext4_attach "$view"
-		out=$("$BT" run "$pid" -- sh -c "tar -C '$EXT4_MNT' -cf - . | cat >/dev/null" 2>>"$WORK/log/runs.log") ||
+		out=$("${RTP[@]}" "$BT" run "$pid" -- sh -c "tar -C '$EXT4_MNT' -cf - . | cat >/dev/null" 2>>"$WORK/log/runs.log") ||
 			{ log "$wl $side: tar failed"; out="-1 0 0"; }
 		ext4_detach
 		read -r secs rss cpu <<<"$out"
@@ -493,7 +500,7 @@ run1() {
 	cp)
 		unit=s
 		work=1
-		out=$("$BT" run "$pid" -- timeout "$W6_TIMEOUT" cp --sparse=always "$view" "$WORK/out/w6-copy" 2>>"$WORK/log/runs.log") ||
+		out=$("${RTP[@]}" "$BT" run "$pid" -- timeout "$W6_TIMEOUT" cp --sparse=always "$view" "$WORK/out/w6-copy" 2>>"$WORK/log/runs.log") ||
 			{ log "$wl $side: cp failed or timed out"; out="-1 0 0"; }
 		read -r secs rss cpu <<<"$out"
 		value=$secs
@@ -594,6 +601,7 @@ echo
 echo "== chainfs vs qemu-storage-daemon FUSE export vs go-fuse pread ceiling"
 echo "   $(date -u +%FT%TZ), $(uname -r), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')),"
 echo "   $(qemu-storage-daemon --version | head -1), chainfs $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?'),"
+echo "   real-time priority for daemons and measured commands: $([ "$RT" = 1 ] && echo yes || echo no)"
 echo "   N=$N pairs, W1 $W1_SIZE, W2/W3 $TEXT_SIZE, fio ${FIO_RUNTIME}s direct=$W4_DIRECT, W3R ${W3R_RUNTIME}s, measured in ${ELAPSED}s; page-cache drop fallbacks: $DROP_FALLBACKS"
 echo "   load average at start $LOAD_START, at end $LOAD_END; $BUSY_ROUNDS of $ROUNDS rounds started with the CPUs over $QUIET_BUSY busy"
 echo "   (other processes skew single runs; the ratios pair neighbouring runs, and the CPU table below is steadier)"

@@ -6,8 +6,9 @@
 // 1 MiB with the readahead window widened after mounting, 64 background
 // requests, no splice, no READDIRPLUS, no xattrs, hour-long
 // attribute and entry timeouts; files opened with keep_cache and
-// noflush, st_blksize 1 MiB). Whatever chainfs spends above it is the cost
-// of resolving the chain.
+// noflush, st_blksize 1 MiB), and chainfs's scheduling of go-fuse's
+// request readers (fs.MountWithReaders). Whatever chainfs spends above it
+// is the cost of resolving the chain.
 //
 //	ceiling [-name NAME] [-max-read BYTES] RAW MOUNTPOINT
 //
@@ -108,8 +109,8 @@ func (f *rawFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 func main() {
 	name := flag.String("name", "", "name of the file in the mount (default: base name of RAW)")
 	maxRead := flag.Int("max-read", defaultMaxRead, "max_read and readahead in bytes")
-	procs := flag.Int("procs", 0, "GOMAXPROCS while serving (0: the runtime's)")
-	readers := flag.Int("readers", 0, "GOMAXPROCS while mounting, which sets go-fuse's reader count (0: as -procs)")
+	procs := flag.Int("procs", 0, "GOMAXPROCS while serving (0: as chainfs sets it, fs.MountWithReaders)")
+	readers := flag.Int("readers", 0, "go-fuse's waiting readers (0: chainfs's fs.DefaultReaders)")
 	bg := flag.Int("max-background", defaultMaxBackground, "max_background")
 	congestion := flag.Int("congestion", 0, "congestion_threshold (0: go-fuse's 3/4 of max_background)")
 	flag.Usage = func() {
@@ -154,15 +155,11 @@ func main() {
 		NegativeTimeout: &timeout,
 	}
 	r := &root{name: *name, file: &rawFile{fd: fd, size: st.Size, blksize: uint32(*maxRead)}}
+	// The same scheduling as chainfs (fs/sched.go).
+	srv, err := chainfs.MountWithReaders(mnt, r, opts, *readers)
 	if *procs > 0 {
 		runtime.GOMAXPROCS(*procs)
 	}
-	serving := runtime.GOMAXPROCS(0)
-	if *readers > 0 {
-		runtime.GOMAXPROCS(*readers)
-	}
-	srv, err := gofs.Mount(mnt, r, opts)
-	runtime.GOMAXPROCS(serving)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ceiling: mount %s: %v\n", mnt, err)
 		os.Exit(1)

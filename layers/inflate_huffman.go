@@ -1,0 +1,383 @@
+package layers
+
+import (
+	"encoding/binary"
+	"math/bits"
+)
+
+// Huffman decoding for the inflater (inflate.go): the tables a block's
+// codes are looked up in, and the loops that decode a block's symbols.
+
+// Table entries: one uint32 per bit pattern of the low table bits.
+//
+//	bits 0-4   code length in bits (0: no code has this pattern)
+//	bit 5      literal: bits 16-23 hold the byte
+//	bit 6      end of block
+//	bit 7      link: bits 16-31 index the subtable (of 2^(15-table bits)
+//	           entries, indexed by the bits after the table's)
+//	bit 12     bad symbol (a length or distance code RFC 1951 reserves)
+//	bits 8-11  extra bits to read after the code (lengths and distances)
+//	bits 16-31 base length or distance
+const (
+	entLen     = 0x1f
+	entLiteral = 1 << 5
+	entEOB     = 1 << 6
+	entLink    = 1 << 7
+	entBad     = 1 << 12
+)
+
+const (
+	litTableBits  = 10
+	distTableBits = 8
+	clTableBits   = 7 // code-length codes are at most 7 bits: no subtables
+	// Table sizes for the worst case: the main table, and one subtable
+	// of 2^(15-tableBits) entries per code longer than tableBits.
+	litTableSize  = 1<<litTableBits + 288<<(15-litTableBits)
+	distTableSize = 1<<distTableBits + 32<<(15-distTableBits)
+	litSubMask    = 1<<(15-litTableBits) - 1
+	distSubMask   = 1<<(15-distTableBits) - 1
+)
+
+// Per-symbol entries (without the code length), for the table builder.
+var (
+	litSyms  [288]uint32
+	distSyms [32]uint32
+	clSyms   [19]uint32
+)
+
+// The fixed Huffman tables of RFC 1951 section 3.2.6.
+var (
+	fixedLit     [litTableSize]uint32
+	fixedDist    [distTableSize]uint32
+	fixedLitMin  int
+	fixedDistMin int
+)
+
+func init() {
+	for s := 0; s < 256; s++ {
+		litSyms[s] = entLiteral | uint32(s)<<16
+	}
+	litSyms[256] = entEOB
+	base := [...]uint16{3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31,
+		35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258}
+	extra := [...]uint8{0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2,
+		3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0}
+	for i := range base {
+		litSyms[257+i] = uint32(base[i])<<16 | uint32(extra[i])<<8
+	}
+	litSyms[286], litSyms[287] = entBad, entBad
+	for s := 0; s < 30; s++ {
+		var b, x int
+		if s < 4 {
+			b = s + 1
+		} else {
+			x = (s - 2) >> 1
+			b = 1<<(x+1) + 1 + (s&1)<<x
+		}
+		distSyms[s] = uint32(b)<<16 | uint32(x)<<8
+	}
+	distSyms[30], distSyms[31] = entBad, entBad
+	for s := range clSyms {
+		clSyms[s] = uint32(s) << 16
+	}
+
+	var lens [288]uint8
+	for i := range lens {
+		switch {
+		case i < 144:
+			lens[i] = 8
+		case i < 256:
+			lens[i] = 9
+		case i < 280:
+			lens[i] = 7
+		default:
+			lens[i] = 8
+		}
+	}
+	var ok bool
+	if fixedLitMin, ok = buildTable(fixedLit[:], lens[:], litSyms[:], litTableBits); !ok {
+		panic("fixed literal/length code")
+	}
+	for i := range 32 {
+		lens[i] = 5
+	}
+	if fixedDistMin, ok = buildTable(fixedDist[:], lens[:32], distSyms[:], distTableBits); !ok {
+		panic("fixed distance code")
+	}
+}
+
+// buildTable fills t with the decoding table of the canonical Huffman code
+// (RFC 1951 section 3.2.2) whose code lengths are lens (0: no code), for
+// lookups by the low tableBits bits of the bit buffer; codes longer than
+// that continue in a subtable per prefix. syms gives each symbol's entry.
+// It returns the shortest code length, and false for a code that
+// compress/flate's huffmanDecoder.init refuses: over-subscribed, or
+// incomplete unless it is one code of length one. Unused patterns of an
+// accepted code (none, for a complete one) are left zero: "no code".
+func buildTable(t []uint32, lens []uint8, syms []uint32, tableBits uint) (minLen int, ok bool) {
+	var count [16]int
+	maxLen := 0
+	for _, n := range lens {
+		if n == 0 {
+			continue
+		}
+		if minLen == 0 || int(n) < minLen {
+			minLen = int(n)
+		}
+		maxLen = max(maxLen, int(n))
+		count[n]++
+	}
+	clear(t[:1<<tableBits])
+	if maxLen == 0 {
+		return 0, true // empty: every lookup finds "no code"
+	}
+	var next [16]int
+	code := 0
+	for n := 1; n <= maxLen; n++ {
+		code <<= 1
+		next[n] = code
+		code += count[n]
+	}
+	if code != 1<<maxLen && !(code == 1 && maxLen == 1) {
+		return 0, false
+	}
+	// Codes longer than tableBits: their first tableBits bits (MSB-first
+	// prefix p) are the values from firstLink up; each gets a subtable of
+	// 2^subBits entries after the main table, as many as the longest code
+	// deflate allows needs, so that lookups shift and mask by constants.
+	subBits := 15 - tableBits
+	firstLink := 1 << tableBits
+	if uint(maxLen) > tableBits {
+		firstLink = next[tableBits+1] >> 1
+		for p := firstLink; p < 1<<tableBits; p++ {
+			sub := 1<<tableBits + (p-firstLink)<<subBits
+			t[reverse(p, tableBits)] = entLink | uint32(sub)<<16
+		}
+	}
+	for s, n := range lens {
+		if n == 0 {
+			continue
+		}
+		c := next[n]
+		next[n]++
+		e := syms[s] | uint32(n)
+		if uint(n) <= tableBits {
+			for i := reverse(c, uint(n)); i < 1<<tableBits; i += 1 << n {
+				t[i] = e
+			}
+			continue
+		}
+		rest := uint(n) - tableBits
+		p := c >> rest
+		sub := 1<<tableBits + (p-firstLink)<<subBits
+		for i := reverse(c&(1<<rest-1), rest); i < 1<<subBits; i += 1 << rest {
+			t[sub+i] = e
+		}
+	}
+	return minLen, true
+}
+
+// reverse returns the low n bits of c in reverse order: deflate sends
+// Huffman codes most significant bit first into a stream read from the
+// least significant bit.
+func reverse(c int, n uint) int {
+	return int(bits.Reverse16(uint16(c)) >> (16 - n))
+}
+
+// huffmanBlock decodes one Huffman-coded block into dst from out, and
+// returns the new output position: len(dst) once the cluster is full,
+// wherever the block stands.
+func huffmanBlock(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, dist *[distTableSize]uint32, litMin, distMin int) (int, error) {
+	var st int
+	out, r.buf, r.n, r.in, st = huffmanFast(dst, out, r.buf, r.n, r.in, r.src, lit, dist)
+	switch st {
+	case blockEnd:
+		return out, nil
+	case blockCorrupt:
+		return out, errInflateCorrupt
+	}
+	return huffmanTail(dst, out, r, lit, dist, litMin, distMin)
+}
+
+// How huffmanFast stops.
+const (
+	blockTail    = iota // near the end of the input or of dst: on to huffmanTail
+	blockEnd            // end-of-block code
+	blockCorrupt        // a code that is no code, or a distance too far
+)
+
+// huffmanFast is the hot loop of reading a zlib image. It runs while
+// every refill can load 8 bytes, so that every buffered bit is input and
+// no symbol can be cut short, and while a whole match (258 bytes, and the
+// 8 its copy may write past its end) fits in dst: none of huffmanTail's
+// checks for either end. The bit reader comes in and goes out by value,
+// and the tables by array pointer (masked lookups need no bounds check),
+// so that the loop's variables stay in registers.
+func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, lit *[litTableSize]uint32, dist *[distTableSize]uint32) (int, uint64, uint, int, int) {
+	const litMask = 1<<litTableBits - 1
+	const distMask = 1<<distTableBits - 1
+	outLimit := len(dst) - 258 - 8
+	inLimit := len(src) - 8
+	for out < outLimit {
+		// A length/distance pair takes at most 15+5+15+13 = 48 bits; a
+		// refill leaves at least 56.
+		if nb < 48 {
+			if in > inLimit {
+				break
+			}
+			buf |= binary.LittleEndian.Uint64(src[in:in+8]) << nb
+			in += int(63-nb) >> 3
+			nb |= 56
+		}
+		e := lit[buf&litMask]
+		if e&entLink != 0 {
+			e = lit[(e>>16)+uint32(buf>>litTableBits)&litSubMask]
+		}
+		n := uint(e & entLen)
+		if e&entLiteral != 0 {
+			buf >>= n
+			nb -= n
+			dst[out] = byte(e >> 16)
+			out++
+			// Literals come in runs: at least 33 bits are left, enough
+			// for a second one without going round the loop.
+			e = lit[buf&litMask]
+			if e&entLiteral == 0 {
+				continue // looked up again after the refill check
+			}
+			n = uint(e & entLen)
+			buf >>= n
+			nb -= n
+			dst[out] = byte(e >> 16)
+			out++
+			continue
+		}
+		if e&(entEOB|entBad) != 0 || n == 0 {
+			if e&entEOB != 0 {
+				return out, buf >> n, nb - n, in, blockEnd
+			}
+			return out, buf, nb, in, blockCorrupt
+		}
+		xb := uint(e >> 8 & 15)
+		length := int(e>>16) + int(buf>>n&(1<<xb-1))
+		buf >>= n + xb
+		nb -= n + xb
+
+		d := dist[buf&distMask]
+		if d&entLink != 0 {
+			d = dist[(d>>16)+uint32(buf>>distTableBits)&distSubMask]
+		}
+		n = uint(d & entLen)
+		xb = uint(d >> 8 & 15)
+		distance := int(d>>16) + int(buf>>n&(1<<xb-1))
+		buf >>= n + xb
+		nb -= n + xb
+		if n == 0 || d&entBad != 0 || distance > out {
+			return out, buf, nb, in, blockCorrupt
+		}
+		// The match, LZ77-style (the source may overlap what is being
+		// written), in place: a call here would cost every iteration of
+		// the loop its registers. Eight bytes at a time where each load
+		// reads only bytes already final (distance >= 8), and a run of
+		// one byte (zeroes, mostly) by words too; the last store may run
+		// up to 7 bytes past the match, into output that later symbols
+		// overwrite.
+		end := out + length
+		from := out - distance
+		switch {
+		case distance >= 8:
+			for ; out < end; out, from = out+8, from+8 {
+				binary.LittleEndian.PutUint64(dst[out:], binary.LittleEndian.Uint64(dst[from:]))
+			}
+		case distance == 1:
+			v := uint64(dst[from]) * 0x0101010101010101
+			for ; out < end; out += 8 {
+				binary.LittleEndian.PutUint64(dst[out:], v)
+			}
+		default:
+			for ; out < end; out, from = out+1, from+1 {
+				dst[out] = dst[from]
+			}
+		}
+		out = end
+	}
+	return out, buf, nb, in, blockTail
+}
+
+// huffmanTail finishes a block near the end of the input, one field at a
+// time, with compress/flate's rules for input that ends: a field that
+// needs bits past the end fails, and a literal/length code is only looked
+// for with at least litMin bits left.
+func huffmanTail(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, dist *[distTableSize]uint32, litMin, distMin int) (int, error) {
+	for out < len(dst) {
+		if r.n < 48 {
+			r.refill()
+		}
+		if r.short(litMin) {
+			return out, errInflateInput
+		}
+		e := lit[r.buf&(1<<litTableBits-1)]
+		if e&entLink != 0 {
+			e = lit[(e>>16)+uint32(r.buf>>litTableBits)&litSubMask]
+		}
+		n := uint(e & entLen)
+		r.bits(n)
+		if r.consumed() {
+			return out, errInflateInput
+		}
+		switch {
+		case e&entLiteral != 0:
+			dst[out] = byte(e >> 16)
+			out++
+			continue
+		case e&entEOB != 0:
+			return out, nil
+		case e&entBad != 0 || n == 0:
+			return out, errInflateCorrupt
+		}
+		length := int(e>>16) + int(r.bits(uint(e>>8&15)))
+		if r.consumed() || r.short(distMin) {
+			return out, errInflateInput
+		}
+		d := dist[r.buf&(1<<distTableBits-1)]
+		if d&entLink != 0 {
+			d = dist[(d>>16)+uint32(r.buf>>distTableBits)&distSubMask]
+		}
+		n = uint(d & entLen)
+		r.bits(n)
+		distance := int(d>>16) + int(r.bits(uint(d>>8&15)))
+		if r.consumed() {
+			return out, errInflateInput
+		}
+		if n == 0 || d&entBad != 0 || distance > out {
+			return out, errInflateCorrupt
+		}
+		out = copyMatch(dst, out, distance, length)
+	}
+	return out, nil
+}
+
+// copyMatch copies length bytes from distance bytes back (LZ77: the source
+// may overlap what is being written), stopping at the end of dst, and
+// returns the new output position.
+func copyMatch(dst []byte, out, distance, length int) int {
+	end := min(out+length, len(dst))
+	from := out - distance
+	if distance >= 8 && end+8 <= len(dst) {
+		// Eight bytes at a time: each load reads only bytes already final
+		// (distance >= 8); the last store may run up to 7 bytes past end,
+		// into output that later symbols overwrite.
+		for ; out < end; out, from = out+8, from+8 {
+			*(*[8]byte)(dst[out:]) = *(*[8]byte)(dst[from:])
+		}
+		return end
+	}
+	if distance >= end-out {
+		copy(dst[out:end], dst[from:])
+		return end
+	}
+	for ; out < end; out, from = out+1, from+1 {
+		dst[out] = dst[from]
+	}
+	return end
+}
