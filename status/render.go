@@ -90,6 +90,12 @@ func (t Text) Render(w io.Writer, l *layers.Layer, from Mark, mark func(Mark)) e
 			}
 			return emit(e.Start, AppendMapJSON(buf, e))
 		})
+		if err == nil && l.Size == 0 && from.Byte == 0 {
+			// qemu-img map prints its last entry after the loop even when
+			// the loop never filled it: an image of no bytes maps to one
+			// entry of length 0, every flag false (qemu-img.c, img_map).
+			err = emit(0, AppendMapJSON(buf[:0], Entry{}))
+		}
 		if err == nil {
 			_, err = bw.WriteString("]\n")
 		}

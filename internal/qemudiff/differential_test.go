@@ -255,3 +255,19 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+// TestZeroSize: an image of no bytes (found by the fuzzer, which made the
+// virtual size 0): qemu-img map prints one entry of length 0 for it.
+func TestZeroSize(t *testing.T) {
+	imagetest.Need(t)
+	qs := imagetest.Oracles(t)
+	dir := t.TempDir()
+	for _, f := range []string{"qcow2", "raw"} {
+		// Create omits a size of 0.
+		p := filepath.Join(dir, "empty."+f)
+		imagetest.QemuImg(t, "create", "-q", "-f", f, p, "0")
+		if r := Compare(t, qs, p, f, nil); !r.Same() {
+			t.Errorf("%s of 0 bytes differs:\n%s", f, r.Report(t, qs))
+		}
+	}
+}
