@@ -2,6 +2,7 @@ package layers
 
 import (
 	"sync"
+	"time"
 )
 
 // Inflated compressed clusters, kept within a byte budget.
@@ -48,8 +49,14 @@ type clusterEntry struct {
 	done chan struct{} // closed once filled or failed (then unlisted first)
 	// ready: buf holds the cluster; before, it is being inflated.
 	ready bool
-	// ahead: inflated by read-ahead and not yet read to its end.
+	// started: someone inflates it. Read-ahead registers clusters before
+	// its workers get to them; a reader that needs one first inflates it
+	// itself rather than wait behind the others.
+	started bool
+	// ahead: inflated by read-ahead and not yet read to its end;
+	// readyAt: when it was.
 	ahead      bool
+	readyAt    time.Time
 	hit        bool
 	prev, next *clusterEntry
 }
@@ -93,8 +100,13 @@ type clusterCache struct {
 	kept   entryList // read by a partial read, LRU
 	ahead  entryList // ready read-ahead, oldest last
 	budget struct{ kept, ahead int64 }
-	// pending is the bytes of read-ahead being inflated (not listed).
+	// pending is the bytes of read-ahead registered and not yet ready
+	// (not listed).
 	pending int64
+	// queue holds read-ahead to inflate, oldest first; workers is how
+	// many goroutines take from it (at most one per CPU).
+	queue   []*aheadJob
+	workers int
 	stats   CacheStats
 }
 
@@ -117,6 +129,20 @@ func (c *clusterCache) read(q *qcow2Image, ext *Extent, dst []byte, start int64)
 		e := c.items[k]
 		if e == nil {
 			break
+		}
+		if !e.ready && !e.started {
+			// Read-ahead registered it, and no worker has got to it yet.
+			e.started = true
+			c.mu.Unlock()
+			buf := clusterBufs.get(size)
+			err := q.inflateCluster(buf, ext)
+			c.mu.Lock()
+			c.finishAhead(e, size, buf, err)
+			if err != nil {
+				c.mu.Unlock()
+				return err
+			}
+			continue
 		}
 		if !e.ready {
 			done := e.done
@@ -159,7 +185,7 @@ func (c *clusterCache) read(q *qcow2Image, ext *Extent, dst []byte, start int64)
 		copy(dst, buf[start:end])
 		return nil
 	}
-	e := &clusterEntry{key: k, done: make(chan struct{})}
+	e := &clusterEntry{key: k, done: make(chan struct{}), started: true}
 	c.items[k] = e
 	c.mu.Unlock()
 
@@ -201,12 +227,18 @@ type aheadJob struct {
 	e   *clusterEntry
 }
 
-// reserve registers as being inflated by read-ahead the clusters of jobs
-// that are not in memory, in order, while the read-ahead budget allows
-// (making room by dropping the oldest read-ahead nobody read to its
-// end), and returns those it registered, which the caller must then
-// fill.
-func (c *clusterCache) reserve(jobs []aheadJob) []aheadJob {
+// staleAhead is how long a cluster read ahead waits for its reader before
+// it may make room for other read-ahead: a reader that stopped leaves its
+// read-ahead behind. Dropping sooner would drop what a reader is about to
+// read (and inflate it twice).
+const staleAhead = 2 * time.Second
+
+// readAhead registers as read-ahead the clusters of jobs that are not in
+// memory, in order, while the read-ahead budget allows (making room by
+// dropping stale read-ahead, staleAhead), and queues them
+// for the workers, who inflate them oldest first: the clusters a reader
+// needs soonest are ready soonest.
+func (c *clusterCache) readAhead(jobs []aheadJob) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := 0
@@ -216,42 +248,65 @@ func (c *clusterCache) reserve(jobs []aheadJob) []aheadJob {
 			continue
 		}
 		size := j.q.csize
-		for c.pending+c.ahead.bytes+size > c.budget.ahead && c.ahead.tail != nil {
+		for c.pending+c.ahead.bytes+size > c.budget.ahead && c.ahead.tail != nil &&
+			time.Since(c.ahead.tail.readyAt) > staleAhead {
 			if !c.ahead.tail.hit {
 				c.stats.ReadAheadUnused++
 			}
 			c.drop(c.ahead.tail, &c.ahead)
 		}
 		if c.pending+c.ahead.bytes+size > c.budget.ahead {
-			break
+			break // full of what readers are about to read
 		}
 		c.pending += size
 		j.e = &clusterEntry{key: k, done: make(chan struct{}), ahead: true}
 		c.items[k] = j.e
-		jobs[n] = j
+		c.queue = append(c.queue, &j)
 		n++
 	}
 	c.stats.ReadAheadClusters += int64(n)
-	return jobs[:n]
+	for c.workers < min(len(c.queue), cpus()) {
+		c.workers++
+		go c.work()
+	}
 }
 
-// fill inflates a reserved read-ahead cluster. A failure is not kept:
-// the reader that asks for the cluster inflates it again and reports it.
-func (c *clusterCache) fill(j *aheadJob) {
-	size := j.q.csize
-	buf := clusterBufs.get(size)
-	err := j.q.inflateCluster(buf, &j.ext)
+// work inflates queued read-ahead until the queue is empty.
+func (c *clusterCache) work() {
 	c.mu.Lock()
+	for len(c.queue) > 0 {
+		j := c.queue[0]
+		c.queue[0] = nil
+		c.queue = c.queue[1:]
+		if j.e.started {
+			continue // a reader took it
+		}
+		j.e.started = true
+		c.mu.Unlock()
+		size := j.q.csize
+		buf := clusterBufs.get(size)
+		err := j.q.inflateCluster(buf, &j.ext)
+		c.mu.Lock()
+		c.finishAhead(j.e, size, buf, err)
+	}
+	c.queue = c.queue[:0:0]
+	c.workers--
+	c.mu.Unlock()
+}
+
+// finishAhead stores a read-ahead cluster once inflated (the caller holds
+// c.mu). A failure is not kept: the reader that asks for the cluster
+// inflates it again and reports it.
+func (c *clusterCache) finishAhead(e *clusterEntry, size int64, buf []byte, err error) {
 	c.pending -= size
 	if err != nil {
-		delete(c.items, j.e.key)
+		delete(c.items, e.key)
 		clusterBufs.put(buf)
 	} else {
-		j.e.buf, j.e.ready = buf, true
-		c.ahead.pushFront(j.e)
+		e.buf, e.ready, e.readyAt = buf, true, time.Now()
+		c.ahead.pushFront(e)
 	}
-	close(j.e.done)
-	c.mu.Unlock()
+	close(e.done)
 }
 
 // forget drops every cluster of f, for a file that is being closed.

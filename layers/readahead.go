@@ -135,25 +135,6 @@ func (l *Layer) readAhead(off, n int64) bool {
 	if len(jobs) == 0 {
 		return false
 	}
-	c := jobs[0].q.cache
-	jobs = c.clusters.reserve(jobs)
-	workers := min(len(jobs), cpus())
-	var next sync.Mutex
-	i := 0
-	for range workers {
-		go func() {
-			for {
-				next.Lock()
-				if i == len(jobs) {
-					next.Unlock()
-					return
-				}
-				j := &jobs[i]
-				i++
-				next.Unlock()
-				c.clusters.fill(j)
-			}
-		}()
-	}
+	jobs[0].q.cache.clusters.readAhead(jobs)
 	return true
 }
