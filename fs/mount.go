@@ -129,11 +129,20 @@ func (w *logWriter) Write(p []byte) (int, error) {
 		}
 		line := string(w.part[:i])
 		w.part = w.part[i+1:]
-		if w.trace {
+		if w.trace || teardownNoise(line) {
 			w.log.Info(line)
 		} else if strings.TrimSpace(line) != "" {
 			w.log.Warn(line)
 		}
 	}
 	return len(p), nil
+}
+
+// teardownNoise reports a go-fuse line that only says the kernel tore
+// the connection down under a request reader: when the last holder of a
+// lazily unmounted mount closes, a reader still blocked in read(2) can get
+// ECONNABORTED (103) instead of ENODEV, and go-fuse logs it as a failure
+// although the server is on its way out either way.
+func teardownNoise(line string) bool {
+	return strings.HasPrefix(line, "Failed to read from fuse conn: 103=")
 }

@@ -343,7 +343,11 @@ func TestStreamReadAhead(t *testing.T) {
 				}
 			}
 			st := cache.Stats()
-			if sz.ahead == 0 && st.ReadAheadClusters != 0 || sz.ahead > 0 && st.ReadAheadHits == 0 {
+			// Whether read-ahead wins the race to a cluster depends on the
+			// scheduler (a reader takes a queued cluster over), so only
+			// that it was queued is certain.
+			t.Logf("read-ahead budget %d: statistics %+v", sz.ahead, st)
+			if sz.ahead == 0 && st.ReadAheadClusters != 0 || sz.ahead > 0 && st.ReadAheadClusters == 0 {
 				t.Errorf("read-ahead budget %d: statistics %+v", sz.ahead, st)
 			}
 			if st.ReadAheadBytes > sz.ahead {

@@ -16,9 +16,12 @@ import (
 )
 
 // TestHugeSparseImage: listing, stat and copying do not depend on the
-// virtual size. A 4 TiB image with four small extents lists at once and
-// copies sparsely in well under a second.
+// virtual size. A 4 TiB image with four small extents lists and copies
+// sparsely at once. The time bound is not a speed target (those live in
+// the benchmarks): it is far above what a loaded CI machine needs and far
+// below what touching 4 TiB, or even one byte per MiB of it, would take.
 func TestHugeSparseImage(t *testing.T) {
+	const sizeIndependent = 20 * time.Second
 	dir := t.TempDir()
 	img := imagetest.Create(t, dir, "big.qcow2", "qcow2", 4<<40)
 	extents := []struct {
@@ -36,7 +39,7 @@ func TestHugeSparseImage(t *testing.T) {
 
 	start := time.Now()
 	out, err := exec.Command("ls", "-l", mnt).CombinedOutput()
-	if d := time.Since(start); err != nil || d > time.Second {
+	if d := time.Since(start); err != nil || d > sizeIndependent {
 		t.Errorf("ls -l took %v: %v\n%s", d, err, out)
 	}
 	if !regexp.MustCompile(`4398046511104 .* 0-big.qcow2.raw`).Match(out) {
@@ -59,7 +62,7 @@ func TestHugeSparseImage(t *testing.T) {
 	if out, err := exec.Command("cp", "--sparse=always", view, dst).CombinedOutput(); err != nil {
 		t.Fatalf("cp: %v: %s", err, out)
 	}
-	if d := time.Since(start); d > time.Second {
+	if d := time.Since(start); d > sizeIndependent {
 		t.Errorf("cp --sparse=always of the 4 TiB view took %v", d)
 	}
 	f, err := os.Open(dst)
