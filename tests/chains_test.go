@@ -254,7 +254,7 @@ func checkLayer(t *testing.T, mnt string, i int, l layer) {
 		for _, q := range imagetest.Oracles(t) {
 			got, want := q.AsPrinted(t, ours), q.MapJSON(t, l.path, l.format)
 			if got != want {
-				t.Errorf("map.json differs from %s's qemu-img map --output=json:\n%s", q.Name(t), lineDiff(got, want))
+				t.Errorf("map.json differs from %s's qemu-img map --output=json:\n%s", q.Name(t), imagetest.LineDiff(got, want))
 			}
 		}
 	})
@@ -263,7 +263,7 @@ func checkLayer(t *testing.T, mnt string, i int, l layer) {
 		for _, q := range imagetest.Oracles(t) {
 			want := q.NBDDepth(t, l.path, l.format, false)
 			if got != want {
-				t.Errorf("depth differs from nbdinfo --map=qemu:allocation-depth over %s's qemu-nbd -A:\n%s", q.Name(t), lineDiff(got, want))
+				t.Errorf("depth differs from nbdinfo --map=qemu:allocation-depth over %s's qemu-nbd -A:\n%s", q.Name(t), imagetest.LineDiff(got, want))
 			}
 		}
 	})
@@ -485,22 +485,4 @@ func compareBytes(t *testing.T, got, want []byte) {
 			return
 		}
 	}
-}
-
-// lineDiff shows the first differing lines of two texts.
-func lineDiff(got, want string) string {
-	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
-	for i := range max(len(g), len(w)) {
-		var gl, wl string
-		if i < len(g) {
-			gl = g[i]
-		}
-		if i < len(w) {
-			wl = w[i]
-		}
-		if gl != wl {
-			return fmt.Sprintf("line %d:\n ours: %s\n qemu: %s", i+1, gl, wl)
-		}
-	}
-	return "(equal?)"
 }

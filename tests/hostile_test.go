@@ -590,10 +590,10 @@ func TestHostileServed(t *testing.T) {
 					if suffix == ".map.json" {
 						got = regexp.MustCompile(`, "compressed": (true|false)`).ReplaceAllString(got, "")
 						if want := imagetest.QemuMapJSON(t, v.path, v.format); got != want {
-							t.Errorf("%s differs from qemu-img map of the broken image:\n%s", v.name+suffix, lineDiff(got, want))
+							t.Errorf("%s differs from qemu-img map of the broken image:\n%s", v.name+suffix, imagetest.LineDiff(got, want))
 						}
 					} else if want := imagetest.NBDDepth(t, v.path, v.format, false); got != want {
-						t.Errorf("%s differs from nbdinfo over qemu-nbd -A of the broken image:\n%s", v.name+suffix, lineDiff(got, want))
+						t.Errorf("%s differs from nbdinfo over qemu-nbd -A of the broken image:\n%s", v.name+suffix, imagetest.LineDiff(got, want))
 					}
 				}
 			}

@@ -95,7 +95,7 @@ func TestHugeSparseImage(t *testing.T) {
 	ours := readGenerated(t, filepath.Join(mnt, "0-big.qcow2.map.json"))
 	for _, q := range imagetest.Oracles(t) {
 		if got, w := q.AsPrinted(t, ours), q.MapJSON(t, img, "qcow2"); got != w {
-			t.Errorf("map.json differs from %s's qemu-img map:\n%s", q.Name(t), lineDiff(got, w))
+			t.Errorf("map.json differs from %s's qemu-img map:\n%s", q.Name(t), imagetest.LineDiff(got, w))
 		}
 	}
 }

@@ -224,10 +224,10 @@ func TestInfoAgainstQEMU(t *testing.T) {
 				theirText := qemuInfo(t, q, dir, image)
 				if major, _ := q.Version(t); major >= 8 {
 					if qemuJSON != theirs {
-						t.Errorf("%s: info --json differs from qemu-img info --output=json --backing-chain:\n%s", q.Name(t), lineDiff(qemuJSON, theirs))
+						t.Errorf("%s: info --json differs from qemu-img info --output=json --backing-chain:\n%s", q.Name(t), imagetest.LineDiff(qemuJSON, theirs))
 					}
 					if qemuText != theirText {
-						t.Errorf("%s: info differs from qemu-img info --backing-chain:\n%s", q.Name(t), lineDiff(qemuText, theirText))
+						t.Errorf("%s: info differs from qemu-img info --backing-chain:\n%s", q.Name(t), imagetest.LineDiff(qemuText, theirText))
 					}
 					continue
 				}
@@ -244,10 +244,10 @@ func TestInfoAgainstQEMU(t *testing.T) {
 				}
 				if !reflect.DeepEqual(ours, old) {
 					t.Errorf("%s: info --json (without children) differs from qemu-img info --output=json --backing-chain:\n%s",
-						q.Name(t), lineDiff(indentJSON(t, ours), indentJSON(t, old)))
+						q.Name(t), imagetest.LineDiff(indentJSON(t, ours), indentJSON(t, old)))
 				}
 				if got := childNodeText.ReplaceAllString(qemuText, ""); got != theirText {
-					t.Errorf("%s: info (without Child node) differs from qemu-img info --backing-chain:\n%s", q.Name(t), lineDiff(got, theirText))
+					t.Errorf("%s: info (without Child node) differs from qemu-img info --backing-chain:\n%s", q.Name(t), imagetest.LineDiff(got, theirText))
 				}
 			}
 		})

@@ -77,10 +77,10 @@ func TestInnerFilesAgainstQEMU(t *testing.T) {
 					for _, q := range oracles {
 						want := q.NBDBitmap(t, l.Filename, l.Format, b.Name, false)
 						if got != want || cli != want {
-							t.Errorf("%s: differs from nbdinfo --map=qemu:dirty-bitmap over %s's qemu-nbd -B:\n%s", b.File, q.Name(t), lineDiff(got, want))
+							t.Errorf("%s: differs from nbdinfo --map=qemu:dirty-bitmap over %s's qemu-nbd -B:\n%s", b.File, q.Name(t), imagetest.LineDiff(got, want))
 						}
 						if want := q.NBDBitmap(t, l.Filename, l.Format, b.Name, true); cliJSON != want {
-							t.Errorf("chainfs bitmap --json %s differs from nbdinfo --json over %s:\n%s", b.Name, q.Name(t), lineDiff(cliJSON, want))
+							t.Errorf("chainfs bitmap --json %s differs from nbdinfo --json over %s:\n%s", b.Name, q.Name(t), imagetest.LineDiff(cliJSON, want))
 						}
 					}
 				}
@@ -104,7 +104,7 @@ func checkSnapshotFiles(t *testing.T, oracles []imagetest.QEMU, top, mnt string,
 	cliMap, _ := chainfsIn(t, "", "map", "--layer", layer, "--snapshot", id, top)
 	cliDepth, _ := chainfsIn(t, "", "depth", "--layer", layer, "--snapshot", id, "--json", top)
 	if cliMap != m {
-		t.Errorf("%s: chainfs map --snapshot %s differs from the file:\n%s", rawName, id, lineDiff(cliMap, m))
+		t.Errorf("%s: chainfs map --snapshot %s differs from the file:\n%s", rawName, id, imagetest.LineDiff(cliMap, m))
 	}
 	for _, q := range oracles {
 		applied := q.Applied(t, l.Filename, id)
@@ -114,13 +114,13 @@ func checkSnapshotFiles(t *testing.T, oracles []imagetest.QEMU, top, mnt string,
 			compareBytes(t, raw, want)
 		}
 		if got, want := q.AsPrinted(t, m), q.MapJSON(t, applied, "qcow2"); got != want {
-			t.Errorf("%s.map.json differs from %s's qemu-img map of the applied snapshot:\n%s", stem, q.Name(t), lineDiff(got, want))
+			t.Errorf("%s.map.json differs from %s's qemu-img map of the applied snapshot:\n%s", stem, q.Name(t), imagetest.LineDiff(got, want))
 		}
 		if want := q.NBDDepth(t, applied, "qcow2", false); d != want {
-			t.Errorf("%s.depth differs from nbdinfo over %s's qemu-nbd -A of the applied snapshot:\n%s", stem, q.Name(t), lineDiff(d, want))
+			t.Errorf("%s.depth differs from nbdinfo over %s's qemu-nbd -A of the applied snapshot:\n%s", stem, q.Name(t), imagetest.LineDiff(d, want))
 		}
 		if want := q.NBDDepth(t, applied, "qcow2", true); cliDepth != want {
-			t.Errorf("chainfs depth --snapshot %s --json differs from nbdinfo --json over %s:\n%s", id, q.Name(t), lineDiff(cliDepth, want))
+			t.Errorf("chainfs depth --snapshot %s --json differs from nbdinfo --json over %s:\n%s", id, q.Name(t), imagetest.LineDiff(cliDepth, want))
 		}
 		if q == imagetest.System {
 			data := qemuDataRanges(q.Map(t, applied, "qcow2"))
@@ -179,10 +179,10 @@ func TestInnerInfo(t *testing.T) {
 		theirText := qemuInfo(t, q, dir, "top.qcow2")
 		if major, _ := q.Version(t); major >= 8 {
 			if qemuJSON != theirs {
-				t.Errorf("%s: info --json differs:\n%s", q.Name(t), lineDiff(qemuJSON, theirs))
+				t.Errorf("%s: info --json differs:\n%s", q.Name(t), imagetest.LineDiff(qemuJSON, theirs))
 			}
 			if qemuText != theirText {
-				t.Errorf("%s: info differs:\n%s", q.Name(t), lineDiff(qemuText, theirText))
+				t.Errorf("%s: info differs:\n%s", q.Name(t), imagetest.LineDiff(qemuText, theirText))
 			}
 			continue
 		}
@@ -193,14 +193,14 @@ func TestInnerInfo(t *testing.T) {
 			delete(l, "children")
 		}
 		if !reflect.DeepEqual(ours, old) {
-			t.Errorf("%s: info --json (without children) differs:\n%s", q.Name(t), lineDiff(indentJSON(t, ours), indentJSON(t, old)))
+			t.Errorf("%s: info --json (without children) differs:\n%s", q.Name(t), imagetest.LineDiff(indentJSON(t, ours), indentJSON(t, old)))
 		}
 		strip := func(s string) string {
 			s = childNodeText.ReplaceAllString(s, "")
 			return snapshotList.ReplaceAllStringFunc(s, func(m string) string { return m[strings.LastIndexByte(m, '\n')+1:] })
 		}
 		if got, want := strip(qemuText), strip(theirText); got != want {
-			t.Errorf("%s: info (without snapshot lists and the child node) differs:\n%s", q.Name(t), lineDiff(got, want))
+			t.Errorf("%s: info (without snapshot lists and the child node) differs:\n%s", q.Name(t), imagetest.LineDiff(got, want))
 		}
 		if n := strings.Count(theirText, "Snapshot list:"); n != 2 {
 			t.Errorf("%s lists snapshots of %d layers, want 2", q.Name(t), n)

@@ -606,3 +606,22 @@ func DeflateRaw(t testing.TB, b []byte) []byte {
 	}
 	return buf.Bytes()
 }
+
+// LineDiff shows the first line where chainfs's text (got) and QEMU's
+// (want) differ, for a test's failure message.
+func LineDiff(got, want string) string {
+	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
+	for i := range max(len(g), len(w)) {
+		var a, b string
+		if i < len(g) {
+			a = g[i]
+		}
+		if i < len(w) {
+			b = w[i]
+		}
+		if a != b {
+			return fmt.Sprintf("line %d:\n  chainfs: %s\n  QEMU:    %s", i+1, a, b)
+		}
+	}
+	return "(same lines)"
+}

@@ -189,14 +189,14 @@ func Differences(t testing.TB, q imagetest.QEMU, got, want View) []string {
 		d = append(d, fmt.Sprintf("map: chainfs %s, %s %s", failed(got.MapErr), name, failed(want.MapErr)))
 	case got.MapErr == "":
 		if ours := q.AsPrinted(t, got.Map); ours != want.Map {
-			d = append(d, fmt.Sprintf("map differs:\n%s", lineDiff(ours, want.Map)))
+			d = append(d, fmt.Sprintf("map differs:\n%s", imagetest.LineDiff(ours, want.Map)))
 		}
 	}
 	switch {
 	case (got.DepthErr == "") != (want.DepthErr == ""):
 		d = append(d, fmt.Sprintf("depth: chainfs %s, %s %s", failed(got.DepthErr), name, failed(want.DepthErr)))
 	case got.DepthErr == "" && got.Depth != want.Depth:
-		d = append(d, fmt.Sprintf("depth differs:\n%s", lineDiff(got.Depth, want.Depth)))
+		d = append(d, fmt.Sprintf("depth differs:\n%s", imagetest.LineDiff(got.Depth, want.Depth)))
 	}
 	return d
 }
@@ -305,24 +305,6 @@ func failed(err string) string {
 func firstLine(s string) string {
 	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
 	return s
-}
-
-// lineDiff shows the first differing lines of two texts.
-func lineDiff(got, want string) string {
-	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
-	for i := range max(len(g), len(w)) {
-		var a, b string
-		if i < len(g) {
-			a = g[i]
-		}
-		if i < len(w) {
-			b = w[i]
-		}
-		if a != b {
-			return fmt.Sprintf("line %d:\n  chainfs: %s\n  QEMU:    %s", i+1, a, b)
-		}
-	}
-	return "(same lines)"
 }
 
 // Result is one image held against chainfs (default and strict) and every
