@@ -221,7 +221,7 @@ func (f *inflater) readTables(r *bitReader) (litMin, distMin int, err error) {
 			return 0, 0, errInflateInput
 		}
 		e := f.cl[r.buf&(1<<clTableBits-1)]
-		n := uint(e & entLen)
+		n := entCodeLen(e)
 		if n == 0 {
 			return 0, 0, errInflateCorrupt
 		}

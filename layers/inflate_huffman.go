@@ -8,23 +8,31 @@ import (
 // Huffman decoding for the inflater (inflate.go): the tables a block's
 // codes are looked up in, and the loops that decode a block's symbols.
 
-// Table entries: one uint32 per bit pattern of the low table bits.
+// Table entries: one uint32 per bit pattern of the low table bits, laid
+// out so that the hot loop consumes a symbol's code and its extra bits
+// with one shift, and reads the extra bits back from the bits it shifted
+// out (the layout of libdeflate's decode tables).
 //
-//	bits 0-4   code length in bits (0: no code has this pattern)
-//	bit 5      literal: bits 16-23 hold the byte
-//	bit 6      end of block
-//	bit 7      link: bits 16-31 index the subtable (of 2^(15-table bits)
+//	bits 0-5   bits to consume: code length plus extra bits (0: no code)
+//	bits 8-11  code length: the extra bits follow it
+//	bit 12     literal: bits 16-23 hold the byte
+//	bit 13     end of block
+//	bit 14     link: bits 16-31 index the subtable (of 2^(15-table bits)
 //	           entries, indexed by the bits after the table's)
-//	bit 12     bad symbol (a length or distance code RFC 1951 reserves)
-//	bits 8-11  extra bits to read after the code (lengths and distances)
-//	bits 16-31 base length or distance
+//	bit 15     exceptional: link, end of block, no code (a pattern an
+//	           incomplete code leaves unused) or a length or distance
+//	           code RFC 1951 reserves; never set on literals and matches
+//	bits 16-31 byte, base length or distance
 const (
-	entLen     = 0x1f
-	entLiteral = 1 << 5
-	entEOB     = 1 << 6
-	entLink    = 1 << 7
-	entBad     = 1 << 12
+	entBits    = 0x3f
+	entLiteral = 1 << 12
+	entEOB     = 1 << 13
+	entLink    = 1 << 14
+	entExc     = 1 << 15
 )
+
+// entCodeLen returns the code length of a table entry.
+func entCodeLen(e uint32) uint { return uint(e >> 8 & 15) }
 
 const (
 	litTableBits  = 10
@@ -38,7 +46,8 @@ const (
 	distSubMask   = 1<<(15-distTableBits) - 1
 )
 
-// Per-symbol entries (without the code length), for the table builder.
+// Per-symbol entries for the table builder: flags, value and the number
+// of extra bits, to which the builder adds the code length.
 var (
 	litSyms  [288]uint32
 	distSyms [32]uint32
@@ -57,15 +66,15 @@ func init() {
 	for s := 0; s < 256; s++ {
 		litSyms[s] = entLiteral | uint32(s)<<16
 	}
-	litSyms[256] = entEOB
+	litSyms[256] = entEOB | entExc
 	base := [...]uint16{3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31,
 		35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258}
 	extra := [...]uint8{0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2,
 		3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0}
 	for i := range base {
-		litSyms[257+i] = uint32(base[i])<<16 | uint32(extra[i])<<8
+		litSyms[257+i] = uint32(base[i])<<16 | uint32(extra[i])
 	}
-	litSyms[286], litSyms[287] = entBad, entBad
+	litSyms[286], litSyms[287] = entExc, entExc
 	for s := 0; s < 30; s++ {
 		var b, x int
 		if s < 4 {
@@ -74,9 +83,9 @@ func init() {
 			x = (s - 2) >> 1
 			b = 1<<(x+1) + 1 + (s&1)<<x
 		}
-		distSyms[s] = uint32(b)<<16 | uint32(x)<<8
+		distSyms[s] = uint32(b)<<16 | uint32(x)
 	}
-	distSyms[30], distSyms[31] = entBad, entBad
+	distSyms[30], distSyms[31] = entExc, entExc
 	for s := range clSyms {
 		clSyms[s] = uint32(s) << 16
 	}
@@ -113,7 +122,7 @@ func init() {
 // It returns the shortest code length, and false for a code that
 // compress/flate's huffmanDecoder.init refuses: over-subscribed, or
 // incomplete unless it is one code of length one. Unused patterns of an
-// accepted code (none, for a complete one) are left zero: "no code".
+// accepted code (none, for a complete one) hold entExc alone: "no code".
 func buildTable(t []uint32, lens []uint8, syms []uint32, tableBits uint) (minLen int, ok bool) {
 	var count [16]int
 	maxLen := 0
@@ -127,9 +136,15 @@ func buildTable(t []uint32, lens []uint8, syms []uint32, tableBits uint) (minLen
 		maxLen = max(maxLen, int(n))
 		count[n]++
 	}
-	clear(t[:1<<tableBits])
-	if maxLen == 0 {
-		return 0, true // empty: every lookup finds "no code"
+	if maxLen <= 1 {
+		// Empty, or one or two codes of length one: the only codes
+		// that may leave patterns unused.
+		for i := range t[:1<<tableBits] {
+			t[i] = entExc
+		}
+		if maxLen == 0 {
+			return 0, true // empty: every lookup finds "no code"
+		}
 	}
 	var next [16]int
 	code := 0
@@ -151,7 +166,7 @@ func buildTable(t []uint32, lens []uint8, syms []uint32, tableBits uint) (minLen
 		firstLink = next[tableBits+1] >> 1
 		for p := firstLink; p < 1<<tableBits; p++ {
 			sub := 1<<tableBits + (p-firstLink)<<subBits
-			t[reverse(p, tableBits)] = entLink | uint32(sub)<<16
+			t[reverse(p, tableBits)] = entLink | entExc | uint32(sub)<<16
 		}
 	}
 	for s, n := range lens {
@@ -160,7 +175,7 @@ func buildTable(t []uint32, lens []uint8, syms []uint32, tableBits uint) (minLen
 		}
 		c := next[n]
 		next[n]++
-		e := syms[s] | uint32(n)
+		e := syms[s] + uint32(n)<<8 + uint32(n)
 		if uint(n) <= tableBits {
 			for i := reverse(c, uint(n)); i < 1<<tableBits; i += 1 << n {
 				t[i] = e
@@ -184,6 +199,7 @@ func reverse(c int, n uint) int {
 	return int(bits.Reverse16(uint16(c)) >> (16 - n))
 }
 
+
 // huffmanBlock decodes one Huffman-coded block into dst from out, and
 // returns the new output position: len(dst) once the cluster is full,
 // wherever the block stands.
@@ -206,75 +222,100 @@ const (
 	blockCorrupt        // a code that is no code, or a distance too far
 )
 
-// huffmanFast is the hot loop of reading a zlib image. It runs while
-// every refill can load 8 bytes, so that every buffered bit is input and
-// no symbol can be cut short, and while a whole match (258 bytes, and the
-// 8 its copy may write past its end) fits in dst: none of huffmanTail's
-// checks for either end. The bit reader comes in and goes out by value,
-// and the tables by array pointer (masked lookups need no bounds check),
-// so that the loop's variables stay in registers.
+// huffmanFast is the hot loop of reading a zlib image, on the pattern of
+// libdeflate's fast loop. It runs while two refills can each load 8
+// bytes, so that every buffered bit is input and no symbol can be cut
+// short, and while a whole match (258 bytes, and the 8 its copy may write
+// past its end) fits in dst: none of huffmanTail's checks for either end.
+// Each round refills without a branch, and the next literal/length entry
+// is looked up as soon as the bits before it are consumed, before the
+// output of the current symbol is written. The bit reader comes in and
+// goes out by value, and the tables by array pointer (masked lookups need
+// no bounds check), so that the loop's variables stay in registers.
 func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, lit *[litTableSize]uint32, dist *[distTableSize]uint32) (int, uint64, uint, int, int) {
 	const litMask = 1<<litTableBits - 1
 	const distMask = 1<<distTableBits - 1
 	outLimit := len(dst) - 258 - 8
-	inLimit := len(src) - 8
-	for out < outLimit {
-		// A length/distance pair takes at most 15+5+15+13 = 48 bits; a
-		// refill leaves at least 56.
-		if nb < 48 {
-			if in > inLimit {
-				break
+	inLimit := len(src) - 15 // room for two 8-byte loads, each after 7 bytes
+	if out >= outLimit || in >= inLimit {
+		return out, buf, nb, in, blockTail
+	}
+	// A refill keeps whole bytes and leaves 56 to 63 bits; the bits above
+	// nb that the next load repeats are the same bits, so ORing them is
+	// harmless.
+	buf |= binary.LittleEndian.Uint64(src[in:]) << (nb & 63)
+	in += int(63-nb) >> 3
+	nb |= 56
+	e := lit[buf&litMask] // the next entry, looked up with at least 10 bits
+	for out < outLimit && in < inLimit {
+		buf |= binary.LittleEndian.Uint64(src[in:]) << (nb & 63)
+		in += int(63-nb) >> 3
+		nb |= 56
+		if e&entExc != 0 {
+			if e&entLink != 0 {
+				e = lit[(e>>16)+uint32(buf>>litTableBits)&litSubMask]
 			}
-			buf |= binary.LittleEndian.Uint64(src[in:in+8]) << nb
+			if e&entExc != 0 {
+				if e&entEOB != 0 {
+					n := entCodeLen(e)
+					return out, buf >> n, nb - n, in, blockEnd
+				}
+				return out, buf, nb, in, blockCorrupt
+			}
+		}
+		saved := buf
+		buf >>= e & entBits
+		nb -= uint(e & entBits)
+		if e&entLiteral != 0 {
+			// Literals come in runs. Of the 56 bits, the first takes
+			// at most 15 and each from the main table 10: three fit,
+			// with the next entry's 10 bits. They are gathered in a
+			// word that one store writes (dst has slack for it).
+			w := uint64(e >> 16)
+			k := 1
+			e = lit[buf&litMask]
+			if e&entLiteral != 0 {
+				buf >>= e & entBits
+				nb -= uint(e & entBits)
+				w |= uint64(e>>16) << 8
+				k = 2
+				e = lit[buf&litMask]
+				if e&entLiteral != 0 {
+					buf >>= e & entBits
+					nb -= uint(e & entBits)
+					w |= uint64(e>>16) << 16
+					k = 3
+					e = lit[buf&litMask]
+				}
+			}
+			binary.LittleEndian.PutUint64(dst[out:], w)
+			out += k
+			continue
+		}
+		length := int(e>>16) + int(saved&(1<<(e&entBits)-1)>>entCodeLen(e))
+		// The distance takes at most 15+13 bits, and the next lookup 10.
+		if nb < 38 {
+			buf |= binary.LittleEndian.Uint64(src[in:]) << (nb & 63)
 			in += int(63-nb) >> 3
 			nb |= 56
 		}
-		e := lit[buf&litMask]
-		if e&entLink != 0 {
-			e = lit[(e>>16)+uint32(buf>>litTableBits)&litSubMask]
-		}
-		n := uint(e & entLen)
-		if e&entLiteral != 0 {
-			buf >>= n
-			nb -= n
-			dst[out] = byte(e >> 16)
-			out++
-			// Literals come in runs: at least 33 bits are left, enough
-			// for a second one without going round the loop.
-			e = lit[buf&litMask]
-			if e&entLiteral == 0 {
-				continue // looked up again after the refill check
-			}
-			n = uint(e & entLen)
-			buf >>= n
-			nb -= n
-			dst[out] = byte(e >> 16)
-			out++
-			continue
-		}
-		if e&(entEOB|entBad) != 0 || n == 0 {
-			if e&entEOB != 0 {
-				return out, buf >> n, nb - n, in, blockEnd
-			}
-			return out, buf, nb, in, blockCorrupt
-		}
-		xb := uint(e >> 8 & 15)
-		length := int(e>>16) + int(buf>>n&(1<<xb-1))
-		buf >>= n + xb
-		nb -= n + xb
-
 		d := dist[buf&distMask]
-		if d&entLink != 0 {
-			d = dist[(d>>16)+uint32(buf>>distTableBits)&distSubMask]
+		if d&entExc != 0 {
+			if d&entLink != 0 {
+				d = dist[(d>>16)+uint32(buf>>distTableBits)&distSubMask]
+			}
+			if d&entExc != 0 {
+				return out, buf, nb, in, blockCorrupt
+			}
 		}
-		n = uint(d & entLen)
-		xb = uint(d >> 8 & 15)
-		distance := int(d>>16) + int(buf>>n&(1<<xb-1))
-		buf >>= n + xb
-		nb -= n + xb
-		if n == 0 || d&entBad != 0 || distance > out {
+		saved = buf
+		buf >>= d & entBits
+		nb -= uint(d & entBits)
+		distance := int(d>>16) + int(saved&(1<<(d&entBits)-1)>>entCodeLen(d))
+		if distance > out {
 			return out, buf, nb, in, blockCorrupt
 		}
+		e = lit[buf&litMask]
 		// The match, LZ77-style (the source may overlap what is being
 		// written), in place: a call here would cost every iteration of
 		// the loop its registers. Eight bytes at a time where each load
@@ -320,7 +361,7 @@ func huffmanTail(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, d
 		if e&entLink != 0 {
 			e = lit[(e>>16)+uint32(r.buf>>litTableBits)&litSubMask]
 		}
-		n := uint(e & entLen)
+		n := entCodeLen(e)
 		r.bits(n)
 		if r.consumed() {
 			return out, errInflateInput
@@ -332,10 +373,10 @@ func huffmanTail(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, d
 			continue
 		case e&entEOB != 0:
 			return out, nil
-		case e&entBad != 0 || n == 0:
-			return out, errInflateCorrupt
+		case e&entExc != 0:
+			return out, errInflateCorrupt // no code, or a reserved one
 		}
-		length := int(e>>16) + int(r.bits(uint(e>>8&15)))
+		length := int(e>>16) + int(r.bits(uint(e&entBits)-n))
 		if r.consumed() || r.short(distMin) {
 			return out, errInflateInput
 		}
@@ -343,13 +384,13 @@ func huffmanTail(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, d
 		if d&entLink != 0 {
 			d = dist[(d>>16)+uint32(r.buf>>distTableBits)&distSubMask]
 		}
-		n = uint(d & entLen)
+		n = entCodeLen(d)
 		r.bits(n)
-		distance := int(d>>16) + int(r.bits(uint(d>>8&15)))
+		distance := int(d>>16) + int(r.bits(uint(d&entBits)-n))
 		if r.consumed() {
 			return out, errInflateInput
 		}
-		if n == 0 || d&entBad != 0 || distance > out {
+		if d&entExc != 0 || distance > out {
 			return out, errInflateCorrupt
 		}
 		out = copyMatch(dst, out, distance, length)
