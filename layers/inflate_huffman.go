@@ -319,25 +319,47 @@ func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, l
 		// The match, LZ77-style (the source may overlap what is being
 		// written), in place: a call here would cost every iteration of
 		// the loop its registers. Eight bytes at a time where each load
-		// reads only bytes already final (distance >= 8), and a run of
-		// one byte (zeroes, mostly) by words too; the last store may run
-		// up to 7 bytes past the match, into output that later symbols
-		// overwrite.
+		// reads only bytes already final (distance >= 8): five words
+		// whatever the length (most matches are shorter than 40 bytes,
+		// and a loop's exit is a branch the CPU mispredicts), then the
+		// rest. A run of one byte (zeroes, mostly) by words too, and
+		// shorter distances by words that each carry distance bytes.
+		// Stores past the match land in output that later symbols
+		// overwrite (dst has 266 bytes of slack here).
 		end := out + length
 		from := out - distance
 		switch {
 		case distance >= 8:
-			for ; out < end; out, from = out+8, from+8 {
-				binary.LittleEndian.PutUint64(dst[out:], binary.LittleEndian.Uint64(dst[from:]))
+			w := dst[out : out+40]
+			v := dst[from : from+40]
+			binary.LittleEndian.PutUint64(w[0:], binary.LittleEndian.Uint64(v[0:]))
+			binary.LittleEndian.PutUint64(w[8:], binary.LittleEndian.Uint64(v[8:]))
+			binary.LittleEndian.PutUint64(w[16:], binary.LittleEndian.Uint64(v[16:]))
+			binary.LittleEndian.PutUint64(w[24:], binary.LittleEndian.Uint64(v[24:]))
+			binary.LittleEndian.PutUint64(w[32:], binary.LittleEndian.Uint64(v[32:]))
+			if length > 40 {
+				for out, from = out+40, from+40; out < end; out, from = out+8, from+8 {
+					binary.LittleEndian.PutUint64(dst[out:], binary.LittleEndian.Uint64(dst[from:]))
+				}
 			}
 		case distance == 1:
 			v := uint64(dst[from]) * 0x0101010101010101
-			for ; out < end; out += 8 {
-				binary.LittleEndian.PutUint64(dst[out:], v)
+			w := dst[out : out+40]
+			binary.LittleEndian.PutUint64(w[0:], v)
+			binary.LittleEndian.PutUint64(w[8:], v)
+			binary.LittleEndian.PutUint64(w[16:], v)
+			binary.LittleEndian.PutUint64(w[24:], v)
+			binary.LittleEndian.PutUint64(w[32:], v)
+			if length > 40 {
+				for out += 40; out < end; out += 8 {
+					binary.LittleEndian.PutUint64(dst[out:], v)
+				}
 			}
 		default:
-			for ; out < end; out, from = out+1, from+1 {
-				dst[out] = dst[from]
+			// Each load holds distance final bytes and the store
+			// writes them on; the next load starts where they end.
+			for ; out < end; out, from = out+distance, from+distance {
+				binary.LittleEndian.PutUint64(dst[out:], binary.LittleEndian.Uint64(dst[from:]))
 			}
 		}
 		out = end
