@@ -40,8 +40,7 @@ var (
 
 // inflater holds the tables of the dynamic blocks of one stream.
 type inflater struct {
-	lit  [litTableSize]uint32
-	dist [distTableSize]uint32
+	dyn  codeTables
 	cl   [1 << clTableBits]uint32
 	lens [286 + 30]uint8
 }
@@ -121,11 +120,7 @@ func (f *inflater) inflate(dst, src []byte) error {
 			return errInflateInput
 		}
 		final := r.bits(1) == 1
-		var (
-			lit             *[litTableSize]uint32
-			dist            *[distTableSize]uint32
-			litMin, distMin int
-		)
+		var t *codeTables
 		switch r.bits(2) {
 		case 0:
 			var err error
@@ -137,18 +132,17 @@ func (f *inflater) inflate(dst, src []byte) error {
 			}
 			continue
 		case 1:
-			lit, dist, litMin, distMin = &fixedLit, &fixedDist, fixedLitMin, fixedDistMin
+			t = &fixedTables
 		case 2:
-			var err error
-			if litMin, distMin, err = f.readTables(&r); err != nil {
+			if err := f.readTables(&r); err != nil {
 				return err
 			}
-			lit, dist = &f.lit, &f.dist
+			t = &f.dyn
 		default:
 			return errInflateCorrupt
 		}
 		var err error
-		if out, err = huffmanBlock(dst, out, &r, lit, dist, litMin, distMin); err != nil || out == len(dst) {
+		if out, err = huffmanBlock(dst, out, &r, t); err != nil || out == len(dst) {
 			return err
 		}
 		if final {
@@ -185,17 +179,17 @@ func (r *bitReader) stored(dst []byte, out int) (int, error) {
 }
 
 // readTables reads the code lengths of a dynamic block (RFC 1951 section
-// 3.2.7) and builds its tables, with compress/flate's checks.
-func (f *inflater) readTables(r *bitReader) (litMin, distMin int, err error) {
+// 3.2.7) and builds its tables in f.dyn, with compress/flate's checks.
+func (f *inflater) readTables(r *bitReader) error {
 	r.refill()
 	if r.short(14) {
-		return 0, 0, errInflateInput
+		return errInflateInput
 	}
 	nlit := int(r.bits(5)) + 257
 	ndist := int(r.bits(5)) + 1
 	nclen := int(r.bits(4)) + 4
 	if nlit > 286 || ndist > 30 {
-		return 0, 0, errInflateCorrupt
+		return errInflateCorrupt
 	}
 	order := [19]uint8{16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15}
 	var clens [19]uint8
@@ -204,13 +198,13 @@ func (f *inflater) readTables(r *bitReader) (litMin, distMin int, err error) {
 			r.refill()
 		}
 		if r.short(3) {
-			return 0, 0, errInflateInput
+			return errInflateInput
 		}
 		clens[order[i]] = uint8(r.bits(3))
 	}
 	clMin, ok := buildTable(f.cl[:], clens[:], clSyms[:], clTableBits)
 	if !ok {
-		return 0, 0, errInflateCorrupt
+		return errInflateCorrupt
 	}
 	lens := f.lens[:nlit+ndist]
 	for i := 0; i < len(lens); {
@@ -218,16 +212,16 @@ func (f *inflater) readTables(r *bitReader) (litMin, distMin int, err error) {
 			r.refill()
 		}
 		if r.short(clMin) {
-			return 0, 0, errInflateInput
+			return errInflateInput
 		}
 		e := f.cl[r.buf&(1<<clTableBits-1)]
 		n := entCodeLen(e)
 		if n == 0 {
-			return 0, 0, errInflateCorrupt
+			return errInflateCorrupt
 		}
 		r.bits(n)
 		if r.consumed() {
-			return 0, 0, errInflateInput
+			return errInflateInput
 		}
 		sym := e >> 16
 		if sym < 16 {
@@ -240,7 +234,7 @@ func (f *inflater) readTables(r *bitReader) (litMin, distMin int, err error) {
 		switch sym {
 		case 16:
 			if i == 0 {
-				return 0, 0, errInflateCorrupt
+				return errInflateCorrupt
 			}
 			prev = lens[i-1]
 			rep = 3 + int(r.bits(2))
@@ -250,24 +244,25 @@ func (f *inflater) readTables(r *bitReader) (litMin, distMin int, err error) {
 			rep = 11 + int(r.bits(7))
 		}
 		if r.consumed() {
-			return 0, 0, errInflateInput
+			return errInflateInput
 		}
 		if i+rep > len(lens) {
-			return 0, 0, errInflateCorrupt
+			return errInflateCorrupt
 		}
 		for ; rep > 0; rep-- {
 			lens[i] = prev
 			i++
 		}
 	}
-	if litMin, ok = buildTable(f.lit[:], lens[:nlit], litSyms[:], litTableBits); !ok {
-		return 0, 0, errInflateCorrupt
+	t := &f.dyn
+	if t.litMin, ok = buildTable(t.lit[:], lens[:nlit], litSyms[:], litTableBits); !ok {
+		return errInflateCorrupt
 	}
-	if distMin, ok = buildTable(f.dist[:], lens[nlit:], distSyms[:], distTableBits); !ok {
-		return 0, 0, errInflateCorrupt
+	if t.distMin, ok = buildTable(t.dist[:], lens[nlit:], distSyms[:], distTableBits); !ok {
+		return errInflateCorrupt
 	}
 	// compress/flate reads at least the end-of-block code's length before
 	// every literal/length symbol (huffmanDecoder.min is raised to it).
-	litMin = max(litMin, int(lens[256]))
-	return litMin, distMin, nil
+	t.litMin = max(t.litMin, int(lens[256]))
+	return nil
 }

@@ -54,13 +54,17 @@ var (
 	clSyms   [19]uint32
 )
 
+// codeTables are the decoding tables of a block's two codes, in one
+// struct so that the hot loop reaches both through one register, and the
+// shortest code lengths compress/flate reads before a symbol of each.
+type codeTables struct {
+	lit             [litTableSize]uint32
+	dist            [distTableSize]uint32
+	litMin, distMin int
+}
+
 // The fixed Huffman tables of RFC 1951 section 3.2.6.
-var (
-	fixedLit     [litTableSize]uint32
-	fixedDist    [distTableSize]uint32
-	fixedLitMin  int
-	fixedDistMin int
-)
+var fixedTables codeTables
 
 func init() {
 	for s := 0; s < 256; s++ {
@@ -103,14 +107,15 @@ func init() {
 			lens[i] = 8
 		}
 	}
+	t := &fixedTables
 	var ok bool
-	if fixedLitMin, ok = buildTable(fixedLit[:], lens[:], litSyms[:], litTableBits); !ok {
+	if t.litMin, ok = buildTable(t.lit[:], lens[:], litSyms[:], litTableBits); !ok {
 		panic("fixed literal/length code")
 	}
 	for i := range 32 {
 		lens[i] = 5
 	}
-	if fixedDistMin, ok = buildTable(fixedDist[:], lens[:32], distSyms[:], distTableBits); !ok {
+	if t.distMin, ok = buildTable(t.dist[:], lens[:32], distSyms[:], distTableBits); !ok {
 		panic("fixed distance code")
 	}
 }
@@ -199,20 +204,19 @@ func reverse(c int, n uint) int {
 	return int(bits.Reverse16(uint16(c)) >> (16 - n))
 }
 
-
 // huffmanBlock decodes one Huffman-coded block into dst from out, and
 // returns the new output position: len(dst) once the cluster is full,
 // wherever the block stands.
-func huffmanBlock(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, dist *[distTableSize]uint32, litMin, distMin int) (int, error) {
+func huffmanBlock(dst []byte, out int, r *bitReader, t *codeTables) (int, error) {
 	var st int
-	out, r.buf, r.n, r.in, st = huffmanFast(dst, out, r.buf, r.n, r.in, r.src, lit, dist)
+	out, r.buf, r.n, r.in, st = huffmanFast(dst, out, r.buf, r.n, r.in, r.src, t)
 	switch st {
 	case blockEnd:
 		return out, nil
 	case blockCorrupt:
 		return out, errInflateCorrupt
 	}
-	return huffmanTail(dst, out, r, lit, dist, litMin, distMin)
+	return huffmanTail(dst, out, r, t)
 }
 
 // How huffmanFast stops.
@@ -230,14 +234,16 @@ const (
 // Each round refills without a branch, and the next literal/length entry
 // is looked up as soon as the bits before it are consumed, before the
 // output of the current symbol is written. The bit reader comes in and
-// goes out by value, and the tables by array pointer (masked lookups need
-// no bounds check), so that the loop's variables stay in registers.
-func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, lit *[litTableSize]uint32, dist *[distTableSize]uint32) (int, uint64, uint, int, int) {
+// goes out by value, and the tables by pointer (masked lookups need no
+// bounds check), so that the loop's variables stay in registers.
+func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, t *codeTables) (int, uint64, uint, int, int) {
 	const litMask = 1<<litTableBits - 1
 	const distMask = 1<<distTableBits - 1
-	outLimit := len(dst) - 258 - 8
-	inLimit := len(src) - 15 // room for two 8-byte loads, each after 7 bytes
-	if out >= outLimit || in >= inLimit {
+	// The limits, recomputed where they are compared so that they hold
+	// no register: a whole match and 8 bytes of slack in dst, and room
+	// in src for two 8-byte loads, each after 7 bytes.
+	const outSlack, inSlack = 258 + 8, 15
+	if out >= len(dst)-outSlack || in >= len(src)-inSlack {
 		return out, buf, nb, in, blockTail
 	}
 	// A refill keeps whole bytes and leaves 56 to 63 bits; the bits above
@@ -246,14 +252,14 @@ func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, l
 	buf |= binary.LittleEndian.Uint64(src[in:]) << (nb & 63)
 	in += int(63-nb) >> 3
 	nb |= 56
-	e := lit[buf&litMask] // the next entry, looked up with at least 10 bits
-	for out < outLimit && in < inLimit {
+	e := t.lit[buf&litMask] // the next entry, looked up with at least 10 bits
+	for out < len(dst)-outSlack && in < len(src)-inSlack {
 		buf |= binary.LittleEndian.Uint64(src[in:]) << (nb & 63)
 		in += int(63-nb) >> 3
 		nb |= 56
 		if e&entExc != 0 {
 			if e&entLink != 0 {
-				e = lit[(e>>16)+uint32(buf>>litTableBits)&litSubMask]
+				e = t.lit[(e>>16)+uint32(buf>>litTableBits)&litSubMask]
 			}
 			if e&entExc != 0 {
 				if e&entEOB != 0 {
@@ -273,19 +279,19 @@ func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, l
 			// word that one store writes (dst has slack for it).
 			w := uint64(e >> 16)
 			k := 1
-			e = lit[buf&litMask]
+			e = t.lit[buf&litMask]
 			if e&entLiteral != 0 {
 				buf >>= e & entBits
 				nb -= uint(e & entBits)
 				w |= uint64(e>>16) << 8
 				k = 2
-				e = lit[buf&litMask]
+				e = t.lit[buf&litMask]
 				if e&entLiteral != 0 {
 					buf >>= e & entBits
 					nb -= uint(e & entBits)
 					w |= uint64(e>>16) << 16
 					k = 3
-					e = lit[buf&litMask]
+					e = t.lit[buf&litMask]
 				}
 			}
 			binary.LittleEndian.PutUint64(dst[out:], w)
@@ -293,16 +299,18 @@ func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, l
 			continue
 		}
 		length := int(e>>16) + int(saved&(1<<(e&entBits)-1)>>entCodeLen(e))
-		// The distance takes at most 15+13 bits, and the next lookup 10.
+		// The distance takes at most 15+13 bits, and the next lookup 10;
+		// the distance's entry is looked up before the refill, with the
+		// at least 36 bits the length left.
+		d := t.dist[buf&distMask]
 		if nb < 38 {
 			buf |= binary.LittleEndian.Uint64(src[in:]) << (nb & 63)
 			in += int(63-nb) >> 3
 			nb |= 56
 		}
-		d := dist[buf&distMask]
 		if d&entExc != 0 {
 			if d&entLink != 0 {
-				d = dist[(d>>16)+uint32(buf>>distTableBits)&distSubMask]
+				d = t.dist[(d>>16)+uint32(buf>>distTableBits)&distSubMask]
 			}
 			if d&entExc != 0 {
 				return out, buf, nb, in, blockCorrupt
@@ -315,7 +323,7 @@ func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, l
 		if distance > out {
 			return out, buf, nb, in, blockCorrupt
 		}
-		e = lit[buf&litMask]
+		e = t.lit[buf&litMask]
 		// The match, LZ77-style (the source may overlap what is being
 		// written), in place: a call here would cost every iteration of
 		// the loop its registers. Eight bytes at a time where each load
@@ -371,17 +379,17 @@ func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, l
 // time, with compress/flate's rules for input that ends: a field that
 // needs bits past the end fails, and a literal/length code is only looked
 // for with at least litMin bits left.
-func huffmanTail(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, dist *[distTableSize]uint32, litMin, distMin int) (int, error) {
+func huffmanTail(dst []byte, out int, r *bitReader, t *codeTables) (int, error) {
 	for out < len(dst) {
 		if r.n < 48 {
 			r.refill()
 		}
-		if r.short(litMin) {
+		if r.short(t.litMin) {
 			return out, errInflateInput
 		}
-		e := lit[r.buf&(1<<litTableBits-1)]
+		e := t.lit[r.buf&(1<<litTableBits-1)]
 		if e&entLink != 0 {
-			e = lit[(e>>16)+uint32(r.buf>>litTableBits)&litSubMask]
+			e = t.lit[(e>>16)+uint32(r.buf>>litTableBits)&litSubMask]
 		}
 		n := entCodeLen(e)
 		r.bits(n)
@@ -399,12 +407,12 @@ func huffmanTail(dst []byte, out int, r *bitReader, lit *[litTableSize]uint32, d
 			return out, errInflateCorrupt // no code, or a reserved one
 		}
 		length := int(e>>16) + int(r.bits(uint(e&entBits)-n))
-		if r.consumed() || r.short(distMin) {
+		if r.consumed() || r.short(t.distMin) {
 			return out, errInflateInput
 		}
-		d := dist[r.buf&(1<<distTableBits-1)]
+		d := t.dist[r.buf&(1<<distTableBits-1)]
 		if d&entLink != 0 {
-			d = dist[(d>>16)+uint32(r.buf>>distTableBits)&distSubMask]
+			d = t.dist[(d>>16)+uint32(r.buf>>distTableBits)&distSubMask]
 		}
 		n = entCodeLen(d)
 		r.bits(n)
