@@ -240,9 +240,10 @@ func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, t
 	const litMask = 1<<litTableBits - 1
 	const distMask = 1<<distTableBits - 1
 	// The limits, recomputed where they are compared so that they hold
-	// no register: a whole match and 8 bytes of slack in dst, and room
+	// no register: three literals, a whole match and 8 bytes of slack in
+	// dst, and room
 	// in src for two 8-byte loads, each after 7 bytes.
-	const outSlack, inSlack = 258 + 8, 15
+	const outSlack, inSlack = 3 + 258 + 8, 15
 	if out >= len(dst)-outSlack || in >= len(src)-inSlack {
 		return out, buf, nb, in, blockTail
 	}
@@ -296,7 +297,15 @@ func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, t
 			}
 			binary.LittleEndian.PutUint64(dst[out:], w)
 			out += k
-			continue
+			if e&(entLiteral|entExc) != 0 {
+				continue
+			}
+			// A length after the literals: at least 21 bits are left,
+			// enough for it, so it is decoded here, without a round
+			// of the loop (dst's slack covers the literals' 3 bytes).
+			saved = buf
+			buf >>= e & entBits
+			nb -= uint(e & entBits)
 		}
 		length := int(e>>16) + int(saved&(1<<(e&entBits)-1)>>entCodeLen(e))
 		// The distance takes at most 15+13 bits, and the next lookup 10;
