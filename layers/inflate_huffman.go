@@ -342,8 +342,7 @@ func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, t
 		// rest. A run of one byte (zeroes, mostly) by words too, and
 		// shorter distances by words that each carry distance bytes.
 		// Stores past the match land in output that later symbols
-		// overwrite (dst has 266 bytes of slack here).
-		end := out + length
+		// overwrite (dst has 269 bytes of slack here).
 		from := out - distance
 		switch {
 		case distance >= 8:
@@ -355,8 +354,8 @@ func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, t
 			binary.LittleEndian.PutUint64(w[24:], binary.LittleEndian.Uint64(v[24:]))
 			binary.LittleEndian.PutUint64(w[32:], binary.LittleEndian.Uint64(v[32:]))
 			if length > 40 {
-				for out, from = out+40, from+40; out < end; out, from = out+8, from+8 {
-					binary.LittleEndian.PutUint64(dst[out:], binary.LittleEndian.Uint64(dst[from:]))
+				for i := 40; i < length; i += 8 {
+					binary.LittleEndian.PutUint64(dst[out+i:], binary.LittleEndian.Uint64(dst[from+i:]))
 				}
 			}
 		case distance == 1:
@@ -368,18 +367,18 @@ func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, t
 			binary.LittleEndian.PutUint64(w[24:], v)
 			binary.LittleEndian.PutUint64(w[32:], v)
 			if length > 40 {
-				for out += 40; out < end; out += 8 {
-					binary.LittleEndian.PutUint64(dst[out:], v)
+				for i := 40; i < length; i += 8 {
+					binary.LittleEndian.PutUint64(dst[out+i:], v)
 				}
 			}
 		default:
 			// Each load holds distance final bytes and the store
 			// writes them on; the next load starts where they end.
-			for ; out < end; out, from = out+distance, from+distance {
-				binary.LittleEndian.PutUint64(dst[out:], binary.LittleEndian.Uint64(dst[from:]))
+			for i := 0; i < length; i += distance {
+				binary.LittleEndian.PutUint64(dst[out+i:], binary.LittleEndian.Uint64(dst[from+i:]))
 			}
 		}
-		out = end
+		out += length
 	}
 	return out, buf, nb, in, blockTail
 }
