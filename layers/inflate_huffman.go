@@ -244,7 +244,9 @@ func huffmanFast(dst []byte, out int, buf uint64, nb uint, in int, src []byte, t
 	// dst, and room
 	// in src for two 8-byte loads, each after 7 bytes.
 	const outSlack, inSlack = 3 + 258 + 8, 15
-	if out >= len(dst)-outSlack || in >= len(src)-inSlack {
+	// (A bit reader holds 64 bits only after byte-wise refills at the
+	// end of src, where this loop does not run.)
+	if out >= len(dst)-outSlack || in >= len(src)-inSlack || nb > 63 {
 		return out, buf, nb, in, blockTail
 	}
 	// A refill keeps whole bytes and leaves 56 to 63 bits; the bits above
