@@ -253,6 +253,12 @@ func openLayer(f *HostFile, format Format, dir string, opts *Options, cache *Cac
 		if dir == "" {
 			return nil, unsupported(f.Name, "external data file %q: no directory to resolve it in", hdr.DataFile)
 		}
+		// A relative name is taken relative to the image's directory,
+		// as backing names are. QEMU (7.2 and 10.0) opens it relative to
+		// its working directory, so it opens such an image only from
+		// the image's directory, where both agree; anywhere else QEMU
+		// fails to open it, and the image's own directory is what
+		// `qemu-img create -o data_file=NAME` meant.
 		p, err := resolveBacking(filepath.Join(dir, "x"), hdr.DataFile)
 		if err != nil {
 			return nil, err
