@@ -280,6 +280,14 @@ func (l *Layer) SnapshotLayer(i int) (*Layer, error) {
 		return v, nil
 	}
 	img := l.q.qcow2Image
+	// Loading a snapshot, QEMU reads its L1 table whole
+	// (qcow2_snapshot_load_tmp, qcow2_snapshot_goto), as zero past the end
+	// of the file: damage noted like the active table's, and an error when
+	// strict.
+	what := fmt.Sprintf("L1 table of snapshot ID %q", s.ID)
+	if err := img.tablePastEOF(DamageL1Table, what, s.L1TableOffset, int64(s.L1Size)*8, fmt.Sprintf("%d entries", s.L1Size)); err != nil {
+		return nil, err
+	}
 	q := &qcow2View{qcow2Image: img, size: int64(s.DiskSize) &^ 511, l1Offset: s.L1TableOffset, l1Size: int64(s.L1Size)}
 	v := &Layer{
 		Index: l.Index, Path: l.Path, Format: l.Format, Size: q.size, ClusterSize: l.ClusterSize,

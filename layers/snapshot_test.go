@@ -249,3 +249,57 @@ func TestSnapshotTableChecks(t *testing.T) {
 		})
 	}
 }
+
+// TestSnapshotL1PastEOF: a snapshot whose L1 table lies past the end of
+// the file (cluster-aligned, so QEMU's checks pass) loads in QEMU as a
+// table of zeroes, a disk of no clusters. chainfs reads it so and counts
+// the damage; strict, the snapshot is refused when it is loaded.
+func TestSnapshotL1PastEOF(t *testing.T) {
+	oracles := imagetest.Oracles(t)
+	dir := t.TempDir()
+	p := imagetest.Create(t, dir, "s.qcow2", "qcow2", 1*MiB)
+	imagetest.QemuIO(t, "qcow2", p, "write -P 1 0 64k")
+	imagetest.Snapshot(t, p, "one")
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	past := uint64(fi.Size()+64*KiB) &^ (64*KiB - 1)
+	imagetest.PatchBE64(t, p, imagetest.SnapshotEntry(t, p, 0), past)
+
+	log, hook := testLog()
+	c, err := layers.Open(p, &layers.Options{Log: log})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer c.Close()
+	v, err := c.Top().SnapshotLayer(0)
+	if err != nil {
+		t.Fatalf("SnapshotLayer: %v", err)
+	}
+	got := make([]byte, v.Size)
+	if _, err := v.ReadAt(got, 0); err != nil {
+		t.Fatalf("reading the snapshot: %v", err)
+	}
+	for _, q := range oracles {
+		want := q.ConvertRaw(t, p, "qcow2", "-l", "snapshot.id=1")
+		if !bytes.Equal(got, want) {
+			t.Errorf("snapshot differs from %s's convert -l", q.Name(t))
+		}
+	}
+	if n := c.Top().Damage()[layers.DamageL1Table]; n != 1 {
+		t.Errorf("L1 table damage counted %d times, want 1", n)
+	}
+	if w := warnings(hook); len(w) != 1 || !strings.Contains(w[0], `L1 table of snapshot ID "1"`) {
+		t.Errorf("warnings %q, want one naming the snapshot's L1 table", w)
+	}
+
+	strict, err := layers.Open(p, &layers.Options{Strict: true})
+	if err != nil {
+		t.Fatalf("strict Open: %v (the snapshot's table is read when it is loaded)", err)
+	}
+	defer strict.Close()
+	_, err = strict.Top().SnapshotLayer(0)
+	mustIs(t, err, layers.ErrCorrupt)
+	contains(t, err, `L1 table of snapshot ID "1"`)
+}
