@@ -54,7 +54,12 @@ func inflateZstd(dst, src []byte) error {
 	}()
 	var one [1]byte
 	for pos := 0; pos < len(dst); {
-		n, skip, err := zstdFrameLen(src)
+		var modes []int
+		n, skip, err := walkZstdFrame(src, func(at, size int) {
+			if i, ok := seqModesByte(src[at : at+size]); ok && src[at+i]&3 != 0 {
+				modes = append(modes, at+i)
+			}
+		})
 		if err != nil {
 			return err
 		}
@@ -62,6 +67,9 @@ func inflateZstd(dst, src []byte) error {
 		src = src[n:]
 		if skip {
 			continue
+		}
+		if modes != nil {
+			frame = clearReservedModeBits(frame, modes)
 		}
 		if err := d.Reset(bytes.NewReader(frame)); err != nil {
 			return err
@@ -85,6 +93,85 @@ func inflateZstd(dst, src []byte) error {
 	return nil
 }
 
+// The reserved low bits of a compressed block's Symbol_Compression_Modes
+// byte (RFC 8878, section 3.1.1.3.2.1) are ignored by the libzstd that
+// QEMU reads with here (Debian 12's 1.5.4: ZSTD_decodeSeqHeaders reads
+// the three modes from the upper six bits and looks no further), while
+// klauspost's decoder, like libzstd since 1.5.6, refuses the block. A
+// cluster QEMU reads must read (the differential fuzzer found one), so
+// the bits are cleared, in a copy, before the frame is decoded.
+
+// seqModesByte returns where, in the content of a compressed block, the
+// Symbol_Compression_Modes byte of its sequences section is: after the
+// literals section (its header and its content) and the number of
+// sequences; ok is false when the block has no sequences or is too short
+// to say, which the decoder then judges itself.
+func seqModesByte(block []byte) (i int, ok bool) {
+	if len(block) == 0 {
+		return 0, false
+	}
+	b0 := int(block[0])
+	var hdr, size int
+	switch typ, format := b0&3, b0>>2&3; {
+	case typ < 2: // raw or RLE literals: the regenerated size only
+		switch format {
+		case 0, 2:
+			hdr, size = 1, b0>>3
+		case 1:
+			if len(block) < 2 {
+				return 0, false
+			}
+			hdr, size = 2, b0>>4|int(block[1])<<4
+		default:
+			if len(block) < 3 {
+				return 0, false
+			}
+			hdr, size = 3, b0>>4|int(block[1])<<4|int(block[2])<<12
+		}
+		if typ == 1 {
+			size = 1 // one byte repeated
+		}
+	default: // Huffman-coded literals: their compressed size
+		hdr = [4]int{3, 3, 4, 5}[format]
+		if len(block) < hdr {
+			return 0, false
+		}
+		switch format {
+		case 0, 1:
+			size = int(block[1])>>6 | int(block[2])<<2
+		case 2:
+			size = int(block[2])>>2 | int(block[3])<<6
+		default:
+			size = int(block[2])>>6 | int(block[3])<<2 | int(block[4])<<10
+		}
+	}
+	i = hdr + size
+	if i >= len(block) {
+		return 0, false
+	}
+	switch n := block[i]; {
+	case n == 0:
+		return 0, false // no sequences, no modes byte
+	case n < 128:
+		i++
+	case n < 255:
+		i += 2
+	default:
+		i += 3
+	}
+	return i, i < len(block)
+}
+
+// clearReservedModeBits returns a copy of frame with the reserved bits of
+// the modes bytes at the given offsets cleared.
+func clearReservedModeBits(frame []byte, at []int) []byte {
+	frame = bytes.Clone(frame)
+	for _, i := range at {
+		frame[i] &^= 3
+	}
+	return frame
+}
+
 // maxZstdWindow bounds the window (history) a zstd frame may ask for.
 const maxZstdWindow = 4 << 20
 
@@ -92,6 +179,12 @@ const maxZstdWindow = 4 << 20
 // found by walking its block headers (RFC 8878, section 3.1), and whether
 // it is a skippable frame.
 func zstdFrameLen(b []byte) (n int, skippable bool, err error) {
+	return walkZstdFrame(b, nil)
+}
+
+// walkZstdFrame is zstdFrameLen, calling compressed (when not nil) with
+// the offset in b of the content of each compressed block it passes.
+func walkZstdFrame(b []byte, compressed func(at, size int)) (n int, skippable bool, err error) {
 	le := binary.LittleEndian
 	if len(b) < 4 {
 		return 0, false, io.ErrUnexpectedEOF
@@ -147,6 +240,9 @@ func zstdFrameLen(b []byte) (n int, skippable bool, err error) {
 		}
 		if size > len(b)-n {
 			return 0, false, io.ErrUnexpectedEOF
+		}
+		if (h>>1)&3 == 2 && compressed != nil {
+			compressed(n, size)
 		}
 		n += size
 		if h&1 != 0 {
