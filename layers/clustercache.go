@@ -132,13 +132,7 @@ func (c *clusterCache) read(q *qcow2Image, ext *Extent, dst []byte, start int64)
 		}
 		if !e.ready && !e.started {
 			// Read-ahead registered it, and no worker has got to it yet.
-			e.started = true
-			c.mu.Unlock()
-			buf := clusterBufs.get(size)
-			err := q.inflateCluster(buf, ext)
-			c.mu.Lock()
-			c.finishAhead(e, size, buf, err)
-			if err != nil {
+			if err := c.inflateAhead(e, q, ext); err != nil {
 				c.mu.Unlock()
 				return err
 			}
@@ -281,23 +275,25 @@ func (c *clusterCache) work() {
 		if j.e.started {
 			continue // a reader took it
 		}
-		j.e.started = true
-		c.mu.Unlock()
-		size := j.q.csize
-		buf := clusterBufs.get(size)
-		err := j.q.inflateCluster(buf, &j.ext)
-		c.mu.Lock()
-		c.finishAhead(j.e, size, buf, err)
+		c.inflateAhead(j.e, j.q, &j.ext)
 	}
 	c.queue = c.queue[:0:0]
 	c.workers--
 	c.mu.Unlock()
 }
 
-// finishAhead stores a read-ahead cluster once inflated (the caller holds
-// c.mu). A failure is not kept: the reader that asks for the cluster
-// inflates it again and reports it.
-func (c *clusterCache) finishAhead(e *clusterEntry, size int64, buf []byte, err error) {
+// inflateAhead inflates read-ahead entry e, registered and not started,
+// for whichever gets to it first, a worker or a reader that needs it, and
+// stores it. The caller holds c.mu, which is let go while inflating. A
+// failure is not kept: the reader that asks for the cluster inflates it
+// again and reports it.
+func (c *clusterCache) inflateAhead(e *clusterEntry, q *qcow2Image, ext *Extent) error {
+	e.started = true
+	c.mu.Unlock()
+	size := q.csize
+	buf := clusterBufs.get(size)
+	err := q.inflateCluster(buf, ext)
+	c.mu.Lock()
 	c.pending -= size
 	if err != nil {
 		delete(c.items, e.key)
@@ -307,6 +303,7 @@ func (c *clusterCache) finishAhead(e *clusterEntry, size int64, buf []byte, err 
 		c.ahead.pushFront(e)
 	}
 	close(e.done)
+	return err
 }
 
 // forget drops every cluster of f, for a file that is being closed.
