@@ -447,10 +447,10 @@ func (v *qcow2View) strictL2Entry(e l2Entry, bitmap uint64, guest, l2i, l1i int6
 	switch {
 	case e.compressed() && (e.copied() || bitmap != 0):
 		return corrupt(v.name, "compressed cluster entry %#016x for guest offset %#x carries the COPIED flag or a subcluster bitmap (%#x) (L2 table at %#x, index %d)",
-			uint64(e), guest, bitmap, v.l1[l1i].l2Offset(), l2i)
+			uint64(e), guest, bitmap, v.l2Offset(l1i), l2i)
 	case !e.compressed() && uint64(e)&l2ReservedBits != 0:
 		return corrupt(v.name, "L2 entry %#016x for guest offset %#x has reserved bits set (L2 table at %#x, index %d)",
-			uint64(e), guest, v.l1[l1i].l2Offset(), l2i)
+			uint64(e), guest, v.l2Offset(l1i), l2i)
 	}
 	return nil
 }

@@ -829,3 +829,25 @@ func TestChainLimits(t *testing.T) {
 	}
 	c.Close()
 }
+
+// TestStrictPagedL1: strict mode reports a broken L2 entry of a view whose
+// L1 table is not held in memory (a table over 16 KiB, read through the
+// cache, as snapshot views' always are) as it does for a small table:
+// naming the L2 table, without indexing a table that is not there.
+func TestStrictPagedL1(t *testing.T) {
+	dir := t.TempDir()
+	// 2 TiB of 64 KiB clusters: 4096 L1 entries, 32 KiB of table.
+	p := imagetest.Create(t, dir, "big.qcow2", "qcow2", 2<<40)
+	imagetest.QemuIO(t, "qcow2", p, "write -P 3 0 64k", "write -c -P 1 64k 64k")
+	e := l2(t, p, 0) + 8
+	imagetest.PatchBE64(t, p, e, imagetest.ReadBE64(t, p, e)|copied)
+	c, err := layers.Open(p, &layers.Options{Strict: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Top().Status(nil, 0, 1<<20)
+	mustIs(t, err, layers.ErrCorrupt)
+	contains(t, err, "carries the COPIED flag")
+	contains(t, err, "index 1)")
+}
