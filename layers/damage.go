@@ -270,11 +270,7 @@ func (q *qcow2Image) tablePastEOF(k DamageKind, what string, off uint64, n int64
 // never read).
 func (v *qcow2View) firstLook(i int64) bool {
 	v.scannedOnce.Do(func() {
-		n := int64(len(v.l1))
-		if v.l1 == nil {
-			n = v.l1Size
-		}
-		v.scanned = newTableBits(int(max(n, i+1)))
+		v.scanned = newTableBits(int(max(v.l1Len(), i+1)))
 	})
 	if i>>6 >= int64(len(v.scanned)) {
 		return false // past the table: unallocated, nothing to note
@@ -288,21 +284,13 @@ func (v *qcow2View) firstLook(i int64) bool {
 func (v *qcow2View) noteL1Entry(i int64, e l1Entry) {
 	if e&l1ReservedBits != 0 {
 		v.damage.note(DamageReservedBits, 1, fmt.Sprintf("L1 entry %d (guest offset %#x) has reserved bits set (%#016x); QEMU ignores them", i, i<<v.spanBits, uint64(e)),
-			"structure", "L1 entry", "guest_offset", i<<v.spanBits, "host_offset", v.l1TableOffset()+uint64(i)*8)
+			"structure", "L1 entry", "guest_offset", i<<v.spanBits, "host_offset", v.l1Offset+uint64(i)*8)
 	}
-	if off := e.l2Offset(); off != 0 && off&uint64(v.csize-1) == 0 && off+uint64(v.csize) > uint64(v.file.Size()) {
+	if off := e.l2Offset(); off != 0 && off+uint64(v.csize) > uint64(v.file.Size()) {
 		v.damage.note(DamageL2Table, 1, fmt.Sprintf("L2 table at %#x (L1 index %d, guest offset %#x) reaches past end of file (%#x); reading it as zero there (unallocated), as QEMU does",
 			off, i, i<<v.spanBits, v.file.Size()),
 			"structure", "L2 table", "guest_offset", i<<v.spanBits, "host_offset", off)
 	}
-}
-
-// l1TableOffset is where the view's L1 table lies in the file.
-func (v *qcow2View) l1TableOffset() uint64 {
-	if v.l1 != nil {
-		return v.hdr.L1TableOffset
-	}
-	return v.l1Offset
 }
 
 // strictL1 makes the damage of L1 entry i an error: reserved bits, or an

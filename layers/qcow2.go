@@ -50,9 +50,9 @@ type qcow2Image struct {
 type qcow2View struct {
 	*qcow2Image
 	size int64 // virtual size, rounded down to 512 as QEMU does
-	// l1 is the active L1 table, read at open. A snapshot's L1 table, or
-	// an active one larger than l1ResidentBytes (l1 nil), stays on disk
-	// at l1Offset and is read a cluster at a time through the chain's
+	// l1 is the active L1 table, read at open from l1Offset. A snapshot's
+	// L1 table, or an active one larger than l1ResidentBytes (l1 nil),
+	// stays on disk there and is read a cluster at a time through the chain's
 	// cache (snapshotL1Entry): views of thousands of snapshots, and deep
 	// chains of huge disks, cost nothing until used, and never more than
 	// the cache's budget.
@@ -123,7 +123,7 @@ func (q *qcow2Image) view(size int64, l1Offset uint64, l1Size uint32) (*qcow2Vie
 			return nil, &FormatError{File: q.name, Msg: fmt.Sprintf("read L1 table at %#x", l1Offset), Err: err}
 		}
 	}
-	v := &qcow2View{qcow2Image: q, size: size &^ 511, l1: make([]l1Entry, l1Size)}
+	v := &qcow2View{qcow2Image: q, size: size &^ 511, l1: make([]l1Entry, l1Size), l1Offset: l1Offset}
 	for i := range v.l1 {
 		v.l1[i] = l1Entry(binary.BigEndian.Uint64(raw[i*8:]))
 	}
