@@ -236,7 +236,8 @@ func (c *clusterCache) readAhead(jobs []aheadJob) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := 0
-	for _, j := range jobs {
+	for i := range jobs {
+		j := &jobs[i] // queued by pointer: jobs is the caller's to give
 		k := clusterKey{j.ext.File, j.ext.HostOffset, j.ext.CompressedSize}
 		if c.items[k] != nil {
 			continue
@@ -255,7 +256,7 @@ func (c *clusterCache) readAhead(jobs []aheadJob) {
 		c.pending += size
 		j.e = &clusterEntry{key: k, done: make(chan struct{}), ahead: true}
 		c.items[k] = j.e
-		c.queue = append(c.queue, &j)
+		c.queue = append(c.queue, j)
 		n++
 	}
 	c.stats.ReadAheadClusters += int64(n)
