@@ -54,6 +54,13 @@ func (o *Options) log() *slog.Logger {
 	return o.Log
 }
 
+func (o *Options) resolvedBytes() int64 {
+	if o.ResolvedBytes <= 0 {
+		return DefaultResolvedBytes
+	}
+	return o.ResolvedBytes
+}
+
 // Chain is an opened backing chain, top first.
 type Chain struct {
 	Layers []*Layer
@@ -168,11 +175,7 @@ func Open(path string, opts *Options) (*Chain, error) {
 			c.Layers[depth-1].Backing = l
 		}
 		if l.BackingFile == "" {
-			budget := opts.ResolvedBytes
-			if budget <= 0 {
-				budget = DefaultResolvedBytes
-			}
-			newResolver(c.Layers, budget)
+			newResolver(c.Layers, opts.resolvedBytes())
 			return c, nil
 		}
 		if depth+1 >= maxDepth {
@@ -217,11 +220,7 @@ func OpenImageWith(f *HostFile, format Format, dir string, opts *Options) (*Laye
 	if err != nil {
 		return nil, err
 	}
-	resolved := opts.ResolvedBytes
-	if resolved <= 0 {
-		resolved = DefaultResolvedBytes
-	}
-	newResolver([]*Layer{l}, resolved)
+	newResolver([]*Layer{l}, opts.resolvedBytes())
 	return l, nil
 }
 

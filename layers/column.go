@@ -1,6 +1,7 @@
 package layers
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -96,15 +97,7 @@ func (r *resolver) buildColumn(w int64, from int, old *column) (*column, error) 
 			c.events = append(c.events, event{ru.End(), p, -1})
 		}
 	}
-	slices.SortFunc(c.events, func(a, b event) int {
-		switch {
-		case a.pos < b.pos:
-			return -1
-		case a.pos > b.pos:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(c.events, func(a, b event) int { return cmp.Compare(a.pos, b.pos) })
 	c.events = slices.Clip(c.events)
 	return c, nil
 }

@@ -357,9 +357,6 @@ func readPadded(r io.ReaderAt, p []byte, size int64) error {
 		return nil
 	}
 	got, err := r.ReadAt(p[:n], 0)
-	if err == io.EOF && int64(got) == n {
-		err = nil
-	}
 	if err == io.EOF {
 		clear(p[got:n]) // the file shrank: what is missing reads as zero
 		err = nil

@@ -1,6 +1,7 @@
 package layers
 
 import (
+	"cmp"
 	"slices"
 )
 
@@ -65,15 +66,7 @@ func buildMapped(ls []*Layer) *mapped {
 			}
 		}
 	}
-	slices.SortFunc(m.spans, func(a, b mappedSpan) int {
-		switch {
-		case a.start < b.start:
-			return -1
-		case a.start > b.start:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(m.spans, func(a, b mappedSpan) int { return cmp.Compare(a.start, b.start) })
 	slices.Sort(m.sizes)
 	m.sizes = slices.Compact(m.sizes)
 	return m
