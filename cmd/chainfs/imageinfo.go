@@ -156,15 +156,7 @@ func describeLayer(l *layers.Layer, filename string) imageInfo {
 	if l.DataFile != nil {
 		i.Chainfs.DataFilePath = l.DataFile.Name
 	}
-	d := l.Damage()
-	for _, k := range layers.DamageKinds() {
-		if d[k] > 0 {
-			if i.Chainfs.Damage == nil {
-				i.Chainfs.Damage = map[string]int64{}
-			}
-			i.Chainfs.Damage[k.Key()] = d[k]
-		}
-	}
+	i.Chainfs.Damage = damageByKey(l.Damage())
 	if h := l.Header; h != nil {
 		i.ClusterSize = l.ClusterSize
 		i.DirtyFlag = h.IncompatibleFeatures&layers.IncompatDirty != 0
@@ -243,3 +235,18 @@ func pathCombine(base, name string) string {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// damageByKey maps the kinds of d that were noted (layers.DamageKind.Key)
+// to their counts; nil when none was.
+func damageByKey(d layers.DamageCounts) map[string]int64 {
+	var m map[string]int64
+	for k, n := range d {
+		if n > 0 {
+			if m == nil {
+				m = map[string]int64{}
+			}
+			m[layers.DamageKind(k).Key()] = n
+		}
+	}
+	return m
+}

@@ -222,10 +222,8 @@ func logDamage(log logrus.FieldLogger, chain *layers.Chain) {
 			continue
 		}
 		f := logrus.Fields{"layer": l.Index, "path": l.Path}
-		for _, k := range layers.DamageKinds() {
-			if d[k] > 0 {
-				f[k.Key()] = d[k]
-			}
+		for k, n := range damageByKey(d) {
+			f[k] = n
 		}
 		log.WithFields(f).Warn("damage the layer's reads met (QEMU reads through it; qemu-img check reports it)")
 	}
