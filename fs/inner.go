@@ -64,7 +64,10 @@ func (r *rootNode) addInner(ctx context.Context, l *layers.Layer, attr hostAttr)
 		b := &l.Bitmaps()[i]
 		name := BitmapFileName(l, tag)
 		f := file{layer: l, attr: attr, log: r.log}.named(name)
-		render := whole(func(w io.Writer, _ *layers.Layer) error { return status.WriteBitmap(w, b) })
+		// A bitmap's text cannot resume: it ignores from and sets no marks.
+		render := func(w io.Writer, _ *layers.Layer, _ status.Mark, _ func(status.Mark)) error {
+			return status.WriteBitmap(w, b)
+		}
 		n := &bitmapNode{renderedNode: renderedNode{file: f, render: render, chunks: r.texts}, unusable: b.Err}
 		add(name, n, innerIno(l.Index, true, i, 0))
 	}

@@ -37,11 +37,6 @@ const renderChunk = 64 << 10
 // rendered from its start whenever a chunk is missing.
 type renderFunc func(w io.Writer, l *layers.Layer, from status.Mark, mark func(status.Mark)) error
 
-// whole adapts a text that can only be rendered from its start.
-func whole(f func(io.Writer, *layers.Layer) error) renderFunc {
-	return func(w io.Writer, l *layers.Layer, _ status.Mark, _ func(status.Mark)) error { return f(w, l) }
-}
-
 // chunkKey names chunk c of a rendered file.
 type chunkKey struct {
 	n *renderedNode
@@ -91,13 +86,11 @@ func (n *renderedNode) prepare(op string) (int64, syscall.Errno) {
 		}
 		prev = m
 	})
-	if err == nil {
-		w.flush()
-	}
 	if err != nil {
 		n.log.WithField("op", op).WithError(err).Error("rendering the file failed: EIO")
 		return 0, syscall.EIO
 	}
+	w.flush()
 	for int64(len(marks))*renderChunk < w.pos {
 		marks = append(marks, prev)
 	}

@@ -51,6 +51,6 @@ func MountWithReaders(mountpoint string, root gofs.InodeEmbedder, opts *gofs.Opt
 	defer procsMu.Unlock()
 	cpus := runtime.GOMAXPROCS(readers)
 	srv, err := gofs.Mount(mountpoint, root, opts)
-	runtime.GOMAXPROCS(max(cpus, cpus+readers+1))
+	runtime.GOMAXPROCS(cpus + readers + 1)
 	return srv, err
 }

@@ -133,7 +133,7 @@ func WriteDepth(w io.Writer, l *layers.Layer) error {
 // and value right-aligned in columns of 10, 10 and 3, two spaces apart,
 // then the description.
 func AppendDepthLine(b []byte, e DepthExtent) []byte {
-	b = appendRight(b, int64(e.Offset), 10)
+	b = appendRight(b, e.Offset, 10)
 	b = append(b, "  "...)
 	b = appendRight(b, e.Length, 10)
 	b = append(b, "  "...)
