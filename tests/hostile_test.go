@@ -722,22 +722,6 @@ func overRaw(t *testing.T, dir string, opts ...string) (top, base string) {
 	return top, base
 }
 
-// findExt returns the file offset of header extension typ of a v3 image.
-func findExt(t *testing.T, path string, typ uint32) int64 {
-	t.Helper()
-	off := int64(imagetest.ReadBE32(t, path, 100))
-	for {
-		et, n := imagetest.ReadBE32(t, path, off), int64(imagetest.ReadBE32(t, path, off+4))
-		if et == typ {
-			return off
-		}
-		if et == 0 {
-			t.Fatalf("%s: no header extension %#x", path, typ)
-		}
-		off += 8 + (n+7)&^7
-	}
-}
-
 func asQEMURows() []asQEMURow {
 	return []asQEMURow{
 		{name: "L1 table past the end of the file: all unallocated", damage: "l1-table-past-eof",
@@ -786,7 +770,7 @@ func asQEMURows() []asQEMURow {
 				top := imagetest.Create(t, dir, "top.qcow2", "qcow2", 0, "backing_file=v0.img", "backing_fmt=qcow2")
 				imagetest.QemuIO(t, "qcow2", top, "write -P 0x33 128k 64k")
 				imagetest.PatchBE32(t, b, 4, 0)
-				imagetest.PatchBE32(t, top, findExt(t, top, 0xe2792aca), 0x7e577e57) // drop the format
+				imagetest.DropBackingFormat(t, top)
 				return []layer{{top, "qcow2"}, {b, "raw"}}
 			}},
 		{name: "NUL inside the backing file name",
@@ -802,7 +786,7 @@ func asQEMURows() []asQEMURow {
 			warn: []string{"the recorded backing format ends at a NUL"},
 			make: func(t *testing.T, dir string) []layer {
 				top, base := overRaw(t, dir)
-				ext := findExt(t, top, 0xe2792aca)
+				ext := imagetest.FindExt(t, top, 0xe2792aca)
 				imagetest.PatchBE32(t, top, ext+4, 5)
 				imagetest.Patch(t, top, ext+8, []byte("raw\x00q"))
 				return []layer{{top, "qcow2"}, {base, "raw"}}

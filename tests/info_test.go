@@ -107,8 +107,8 @@ func infoRows() []infoRow {
 			rawBase(t, dir, "base.raw")
 			create(t, dir, "mid.qcow2", "qcow2", "", "backing_file=base.raw", "backing_fmt=raw")
 			create(t, dir, "top.qcow2", "qcow2", "", "backing_file=mid.qcow2", "backing_fmt=qcow2")
-			dropBackingFormatExt(t, filepath.Join(dir, "mid.qcow2"))
-			dropBackingFormatExt(t, filepath.Join(dir, "top.qcow2"))
+			imagetest.DropBackingFormat(t, filepath.Join(dir, "mid.qcow2"))
+			imagetest.DropBackingFormat(t, filepath.Join(dir, "top.qcow2"))
 			return "top.qcow2"
 		}},
 		{name: "relative names: sub/top, ./mid, then ../ through a symlinked directory", build: func(t *testing.T, dir string) string {
@@ -153,33 +153,6 @@ func setIncompatBits(t *testing.T, path string, bits uint64) {
 	if _, err := f.WriteAt(b[:], 72); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// dropBackingFormatExt turns the backing format header extension of a
-// version 3 image into an unknown one, which QEMU skips: the image then
-// records no backing format.
-func dropBackingFormatExt(t *testing.T, path string) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hdrLen := int(binary.BigEndian.Uint32(b[100:]))
-	for off := hdrLen; off+8 <= len(b); {
-		typ, n := binary.BigEndian.Uint32(b[off:]), int(binary.BigEndian.Uint32(b[off+4:]))
-		if typ == 0 {
-			break
-		}
-		if typ == 0xe2792aca {
-			binary.BigEndian.PutUint32(b[off:], 0x7e577e57)
-			if err := os.WriteFile(path, b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			return
-		}
-		off += 8 + (n+7)&^7
-	}
-	t.Fatalf("%s: no backing format extension", path)
 }
 
 var (

@@ -188,7 +188,7 @@ func SnapshotEntry(t testing.TB, path string, i int) int64 {
 // +17, name size at +18, extra data size at +20, the name at +24.
 func BitmapEntry(t testing.TB, path string, i int) int64 {
 	t.Helper()
-	ext := findExt(t, path, 0x23852875)
+	ext := FindExt(t, path, 0x23852875)
 	dir := int64(ReadBE64(t, path, ext+8+16))
 	off := dir
 	for j := 0; j < i; j++ {
@@ -198,9 +198,9 @@ func BitmapEntry(t testing.TB, path string, i int) int64 {
 	return off
 }
 
-// findExt returns the offset of the header extension of type typ of the
+// FindExt returns the offset of the header extension of type typ of the
 // version 3 qcow2 image at path.
-func findExt(t testing.TB, path string, typ uint32) int64 {
+func FindExt(t testing.TB, path string, typ uint32) int64 {
 	t.Helper()
 	off := int64(ReadBE32(t, path, 100)) // header_length
 	for off < 1<<16 {
@@ -215,6 +215,14 @@ func findExt(t testing.TB, path string, typ uint32) int64 {
 	}
 	t.Fatalf("%s: no header extension %#x", path, typ)
 	return 0
+}
+
+// DropBackingFormat turns the backing-format header extension of the
+// version 3 qcow2 image at path into an unknown one, which QEMU skips: the
+// image then records no backing format, as if made without -F.
+func DropBackingFormat(t testing.TB, path string) {
+	t.Helper()
+	PatchBE32(t, path, FindExt(t, path, 0xe2792aca), 0x7e577e57)
 }
 
 // Snapshot takes internal snapshot name of the image at path with

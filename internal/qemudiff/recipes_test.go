@@ -1,7 +1,6 @@
 package qemudiff
 
 import (
-	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -96,7 +95,7 @@ var recipes = []recipe{
 		qio(t, dir, b, "raw", "write -P 0x21 0 1M")
 		p := create(t, dir, "top.qcow2", "qcow2", 1*miB, "backing_file=base.img", "backing_fmt=raw")
 		qio(t, dir, p, "qcow2", "write -P 0x22 64k 64k", "write -z 192k 64k")
-		dropBackingFormat(t, filepath.Join(dir, p))
+		imagetest.DropBackingFormat(t, filepath.Join(dir, p))
 		return p
 	}},
 	{"external data file", func(t testing.TB, dir string) string {
@@ -139,76 +138,42 @@ var recipes = []recipe{
 	}},
 }
 
-// dropBackingFormat turns the backing-format header extension of the
-// image at path into an unknown one (QEMU 7.2 creates no image without a
-// backing format), as if an older QEMU had made it.
-func dropBackingFormat(t testing.TB, path string) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	be := binary.BigEndian
-	for off := int64(be.Uint32(b[100:])); off+8 <= int64(len(b)); {
-		typ, n := be.Uint32(b[off:]), int64(be.Uint32(b[off+4:]))
-		if typ == 0 {
-			break
-		}
-		if typ == 0xe2792aca {
-			imagetest.PatchBE32(t, path, off, 0x7e577e57)
-			return
-		}
-		off += 8 + (n+7)&^7
-	}
-	t.Fatalf("%s: no backing format extension", path)
-}
-
-// built holds each recipe's directory and the layout of its top image,
-// built once per process.
+// built holds each recipe's directory, top image name and layout, built
+// once per process.
 var built struct {
 	sync.Mutex
 	root    string
-	dirs    map[int]string
-	layouts map[int]*layout
+	recipes map[int]builtRecipe
+}
+
+type builtRecipe struct {
+	dir, top string
+	lay      *layout
 }
 
 // recipeLayout returns the top image of recipe i and where its structures
 // lie.
 func recipeLayout(t testing.TB, i int) (string, *layout) {
 	t.Helper()
-	d, top := recipeDir(t, i)
-	built.Lock()
-	defer built.Unlock()
-	if built.layouts == nil {
-		built.layouts = map[int]*layout{}
-	}
-	lay, ok := built.layouts[i]
-	if !ok {
-		b, err := os.ReadFile(filepath.Join(d, top))
-		if err != nil {
-			t.Fatal(err)
-		}
-		lay = layoutOf(t, b)
-		built.layouts[i] = lay
-	}
-	return filepath.Join(d, top), lay
+	r := recipeBuilt(t, i)
+	return filepath.Join(r.dir, r.top), r.lay
 }
 
 // recipeDir returns the directory holding recipe i's images and the top
-// image's name, building them on first use.
+// image's name.
 func recipeDir(t testing.TB, i int) (string, string) {
+	t.Helper()
+	r := recipeBuilt(t, i)
+	return r.dir, r.top
+}
+
+// recipeBuilt builds recipe i on first use.
+func recipeBuilt(t testing.TB, i int) builtRecipe {
 	t.Helper()
 	built.Lock()
 	defer built.Unlock()
-	if built.dirs == nil {
-		built.dirs = map[int]string{}
-	}
-	if d, ok := built.dirs[i]; ok {
-		top, err := os.ReadFile(filepath.Join(d, ".top"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return d, string(top)
+	if r, ok := built.recipes[i]; ok {
+		return r
 	}
 	if built.root == "" {
 		r, err := os.MkdirTemp("", "qemudiff-recipes-")
@@ -222,11 +187,16 @@ func recipeDir(t testing.TB, i int) (string, string) {
 		t.Fatal(err)
 	}
 	top := recipes[i].build(t, d)
-	if err := os.WriteFile(filepath.Join(d, ".top"), []byte(top), 0o644); err != nil {
+	b, err := os.ReadFile(filepath.Join(d, top))
+	if err != nil {
 		t.Fatal(err)
 	}
-	built.dirs[i] = d
-	return d, top
+	r := builtRecipe{d, top, layoutOf(t, b)}
+	if built.recipes == nil {
+		built.recipes = map[int]builtRecipe{}
+	}
+	built.recipes[i] = r
+	return r
 }
 
 // copyDir copies the files of src into dst with cp, which keeps holes
