@@ -2,6 +2,7 @@ package status_test
 
 import (
 	"bytes"
+	"slices"
 	"testing"
 
 	"github.com/chainfs/chainfs/internal/imagetest"
@@ -105,18 +106,9 @@ func checkSeekAgainstMap(t *testing.T, l *layers.Layer) {
 		got = append(got, [2]int64{d, h})
 		off = h
 	}
-	if len(got) != len(want) || (len(got) > 0 && !equalRanges(got, want)) {
+	if !slices.Equal(got, want) {
 		t.Errorf("layer %d: SEEK_DATA/SEEK_HOLE find %v, the map's data is %v", l.Index, got, want)
 	}
-}
-
-func equalRanges(a, b [][2]int64) bool {
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // checkResume renders l's texts whole, noting every mark, then again from

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -84,9 +85,7 @@ func (d DeepChain) Build(t testing.TB, dir string) []DeepLayer {
 		QemuIO(t, layer.Format, layer.Path, append(compressed, cmds...)...)
 		built = append(built, layer)
 	}
-	for i, j := 0, len(built)-1; i < j; i, j = i+1, j-1 {
-		built[i], built[j] = built[j], built[i]
-	}
+	slices.Reverse(built)
 	return built
 }
 
@@ -122,10 +121,7 @@ func deepOp(rng *rand.Rand, format string, size, cluster int64, i int) (cmd stri
 func Overlays(t testing.TB, base string, n int, step int64) string {
 	t.Helper()
 	dir := filepath.Dir(base)
-	size := int64(0)
-	for _, e := range System.Map(t, base, "qcow2") {
-		size = max(size, e.Start+e.Length)
-	}
+	size := System.Info(t, base, "qcow2").VirtualSize
 	prev := base
 	for i := 1; i <= n; i++ {
 		name := fmt.Sprintf("o%03d.qcow2", i)

@@ -109,18 +109,9 @@ func layoutOf(t testing.TB, b []byte) *layout {
 		so += n
 	}
 
-	// The bitmap directory, from the bitmaps extension.
-	off = int64(h.HeaderLength)
-	for off+8 <= cs && off+8 <= size {
-		typ, n := be.Uint32(b[off:]), int64(be.Uint32(b[off+4:]))
-		if typ == 0 {
-			break
-		}
-		if typ == 0x23852875 && n == 24 {
-			add(regBitmaps, int64(be.Uint64(b[off+8+16:])), int64(be.Uint64(b[off+8+8:])))
-		}
-		off += 8 + (n+7)&^7
-	}
+	// The bitmap directory, as DecodeHeader found it in the bitmaps
+	// extension (zero without one).
+	add(regBitmaps, int64(h.BitmapDirectoryOffset), int64(h.BitmapDirectorySize))
 	return lay
 }
 
