@@ -167,7 +167,8 @@ func (c *clusterCache) read(q *qcow2Image, ext *Extent, dst []byte, start int64)
 	c.stats.ClusterMisses++
 	if end-start == size {
 		c.mu.Unlock()
-		return q.inflateCluster(dst, ext)
+		// dst is the caller's, which may go on past it.
+		return q.inflateCluster(dst[:size:size], ext)
 	}
 	if size > c.budget.kept {
 		c.mu.Unlock()

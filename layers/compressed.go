@@ -23,41 +23,65 @@ func inflateZlib(dst, src []byte) error { return inflate(dst, src) }
 
 var zstdPool sync.Pool // of *zstd.Decoder
 
+// decodeSlack is how far past the end of its output klauspost's zstd
+// decoder may write on its fast path (the sequence copies store whole
+// words): with less room it takes a path with a bounds check per copy,
+// about a third slower on a cluster. Cluster buffers are allocated with
+// it (clusterBufs).
+const decodeSlack = 16
+
 // inflateZstd fills dst from the zstd frames of src the way QEMU's
 // qcow2_zstd_decompress does: it decodes frame after frame (skippable
 // frames are passed over) until dst is full, and the frame that fills dst
 // must end exactly there. Anything after that frame is never looked at;
 // a stream that runs out, or a frame with more output, is corrupt.
 //
+// The decoder writes into dst's spare capacity up to decodeSlack bytes;
+// with less spare capacity it decodes into a pooled buffer and copies.
+// So a caller whose buffer goes on past dst must cut dst's capacity
+// (dst[:n:n]).
+//
 // Frames may not need a window larger than maxZstdWindow. QEMU allows
 // libzstd's default (128 MiB), but QEMU itself never writes a window
 // larger than a cluster (2 MiB at most), and a hostile image must not make
 // every read of a cluster allocate 128 MiB.
 func inflateZstd(dst, src []byte) error {
+	if cap(dst)-len(dst) < decodeSlack {
+		buf := clusterBufs.get(int64(len(dst)))
+		defer clusterBufs.put(buf)
+		if err := inflateZstd(buf, src); err != nil {
+			return err
+		}
+		copy(dst, buf)
+		return nil
+	}
 	var d *zstd.Decoder
 	if v := zstdPool.Get(); v != nil {
 		d = v.(*zstd.Decoder)
 	} else {
 		var err error
+		// DecodeAll decodes a frame straight into dst, and with the
+		// cap limit never past dst's slack.
 		d, err = zstd.NewReader(nil,
 			zstd.WithDecoderConcurrency(1),
-			zstd.WithDecoderLowmem(true),
+			zstd.WithDecodeAllCapLimit(true),
 			zstd.WithDecoderMaxMemory(maxZstdWindow),
 			zstd.WithDecoderMaxWindow(maxZstdWindow))
 		if err != nil {
 			return err
 		}
 	}
-	defer func() {
-		d.Reset(nil)
-		zstdPool.Put(d)
-	}()
-	var one [1]byte
-	for pos := 0; pos < len(dst); {
+	defer zstdPool.Put(d)
+	errTooLong := errors.New("zstd frame holds more than one cluster")
+	out := dst[: 0 : len(dst)+decodeSlack]
+	for len(out) < len(dst) {
 		var modes []int
-		n, skip, err := walkZstdFrame(src, func(at, size int) {
-			if i, ok := seqModesByte(src[at : at+size]); ok && src[at+i]&3 != 0 {
-				modes = append(modes, at+i)
+		fixed := 0 // output of the frame's raw and RLE blocks
+		n, skip, err := walkZstdFrame(src, func(b zstdBlock) {
+			if b.typ != zstdCompressed {
+				fixed += b.out
+			} else if i, ok := seqModesByte(src[b.at : b.at+b.size]); ok && src[b.at+i]&3 != 0 {
+				modes = append(modes, b.at+i)
 			}
 		})
 		if err != nil {
@@ -68,25 +92,19 @@ func inflateZstd(dst, src []byte) error {
 		if skip {
 			continue
 		}
+		if fixed > len(dst)-len(out) {
+			// Known before decoding; the decoder would find it after
+			// appending past the cap limit, and say so on stderr.
+			return errTooLong
+		}
 		if modes != nil {
 			frame = clearReservedModeBits(frame, modes)
 		}
-		if err := d.Reset(bytes.NewReader(frame)); err != nil {
-			return err
-		}
-		got, err := io.ReadFull(d, dst[pos:])
-		pos += got
+		out, err = d.DecodeAll(frame, out)
 		switch {
-		case err == io.ErrUnexpectedEOF || err == io.EOF:
-			continue // the frame ended before dst is full: on to the next
+		case err == zstd.ErrDecoderSizeExceeded || len(out) > len(dst):
+			return errTooLong
 		case err != nil:
-			return err
-		}
-		// dst is full: the frame must end here.
-		if _, err := d.Read(one[:]); err != io.EOF {
-			if err == nil {
-				return errors.New("zstd frame holds more than one cluster")
-			}
 			return err
 		}
 	}
@@ -182,9 +200,23 @@ func zstdFrameLen(b []byte) (n int, skippable bool, err error) {
 	return walkZstdFrame(b, nil)
 }
 
-// walkZstdFrame is zstdFrameLen, calling compressed (when not nil) with
-// the offset in b of the content of each compressed block it passes.
-func walkZstdFrame(b []byte, compressed func(at, size int)) (n int, skippable bool, err error) {
+// Block types of a zstd frame (RFC 8878, section 3.1.1.2.2).
+const (
+	zstdRaw = iota
+	zstdRLE
+	zstdCompressed
+)
+
+// zstdBlock is a block of a zstd frame as its header tells it: its type,
+// where its content starts in the frame and how long it is there, and,
+// for raw and RLE blocks, how many bytes it regenerates.
+type zstdBlock struct {
+	typ, at, size, out int
+}
+
+// walkZstdFrame is zstdFrameLen, calling visit (when not nil) with each
+// block it passes.
+func walkZstdFrame(b []byte, visit func(zstdBlock)) (n int, skippable bool, err error) {
 	le := binary.LittleEndian
 	if len(b) < 4 {
 		return 0, false, io.ErrUnexpectedEOF
@@ -231,18 +263,21 @@ func walkZstdFrame(b []byte, compressed func(at, size int)) (n int, skippable bo
 		}
 		h := uint32(b[n]) | uint32(b[n+1])<<8 | uint32(b[n+2])<<16
 		n += 3
-		size := int(h >> 3)
-		switch (h >> 1) & 3 {
-		case 1: // RLE: one byte stands for size bytes
+		typ, size := int(h>>1&3), int(h>>3)
+		out := size
+		switch typ {
+		case zstdRLE: // one byte stands for size bytes
 			size = 1
+		case zstdCompressed:
+			out = 0 // known once decoded
 		case 3:
 			return 0, false, errors.New("reserved zstd block type")
 		}
 		if size > len(b)-n {
 			return 0, false, io.ErrUnexpectedEOF
 		}
-		if (h>>1)&3 == 2 && compressed != nil {
-			compressed(n, size)
+		if visit != nil {
+			visit(zstdBlock{typ: typ, at: n, size: size, out: out})
 		}
 		n += size
 		if h&1 != 0 {
@@ -259,7 +294,8 @@ func walkZstdFrame(b []byte, compressed func(at, size int)) (n int, skippable bo
 }
 
 // inflateCluster reads and inflates the compressed cluster described by
-// ext into dst (one cluster long).
+// ext into dst (one cluster long), whose spare capacity it may write to
+// (see inflateZstd).
 func (q *qcow2Image) inflateCluster(dst []byte, ext *Extent) error {
 	if ext.HostOffset >= q.file.Size() {
 		// QEMU reads zeroes there, which never inflate: the read fails

@@ -20,6 +20,22 @@ func zstdFrame(t *testing.T, b []byte) []byte {
 	return e.EncodeAll(b, nil)
 }
 
+// zstdStreamFrame is zstdFrame with the header a streaming encoder writes
+// when it does not know the size in advance (RFC 8878, section 3.1.1.1):
+// a window descriptor (1 MiB) instead of a content size, so a decoder
+// learns how long the output is only by decoding it.
+func zstdStreamFrame(t *testing.T, b []byte) []byte {
+	f := zstdFrame(t, b)
+	fhd := f[4]
+	if fhd&3 != 0 || fhd&0x20 == 0 {
+		t.Fatalf("frame header descriptor %#x: want single segment, no dictionary", fhd)
+	}
+	fcs := [4]int{1, 2, 4, 8}[fhd>>6]
+	out := append([]byte{}, f[:4]...)
+	out = append(out, fhd&4, 10<<3) // checksum flag kept; window 2^(10+10)
+	return append(out, f[5+fcs:]...)
+}
+
 // TestCompressedStreamEdges puts hand-made compressed streams in a qcow2
 // image and checks that chainfs accepts exactly the streams QEMU accepts,
 // reading the same bytes: QEMU needs a stream to fill one cluster; zlib
@@ -63,6 +79,9 @@ func TestCompressedStreamEdges(t *testing.T) {
 			skip := []byte{0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4}
 			return append(skip, zstdFrame(t, cluster)...)
 		}},
+		{"zstd without content size, one cluster", "zstd", func(t *testing.T) []byte { return zstdStreamFrame(t, cluster) }},
+		{"zstd without content size, more than one cluster", "zstd", func(t *testing.T) []byte { return zstdStreamFrame(t, data(cs+4096, 1)) }},
+		{"zstd without content size, zeroes past the cluster", "zstd", func(t *testing.T) []byte { return zstdStreamFrame(t, make([]byte, 5*cs)) }},
 		{"zstd, frame cut short", "zstd", func(t *testing.T) []byte { f := zstdFrame(t, cluster); return f[:len(f)-3] }},
 	}
 	for _, r := range rows {

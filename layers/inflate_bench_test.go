@@ -138,7 +138,7 @@ func compressedClusters(b *testing.B, ctype string) *benchClusters {
 
 func benchInflate(b *testing.B, ctype string, inflate func(dst, src []byte) error) {
 	bc := compressedClusters(b, ctype)
-	dst := make([]byte, bc.size)
+	dst := clusterBufs.get(int64(bc.size)) // as the cluster cache's are
 	b.SetBytes(int64(bc.size))
 	b.ReportAllocs()
 	b.ResetTimer()

@@ -187,13 +187,14 @@ func (l *Layer) readCompressed(buf []byte, e *Extent) error {
 	return q.cache.clusters.read(q.qcow2Image, e, buf, e.Offset&(q.csize-1))
 }
 
-// clusterBufs pools cluster-sized scratch buffers by size.
+// clusterBufs pools cluster-sized scratch buffers by size. Each has
+// decodeSlack bytes of spare capacity, for the zstd decoder's fast path.
 var clusterBufs bufPools
 
 type bufPools struct{ m sync.Map } // int64 -> *sync.Pool
 
 func (b *bufPools) get(size int64) []byte {
-	p, _ := b.m.LoadOrStore(size, &sync.Pool{New: func() any { return make([]byte, size) }})
+	p, _ := b.m.LoadOrStore(size, &sync.Pool{New: func() any { return make([]byte, size, size+decodeSlack) }})
 	return p.(*sync.Pool).Get().([]byte)
 }
 

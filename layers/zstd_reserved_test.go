@@ -62,9 +62,12 @@ func TestZstdReservedModeBits(t *testing.T) {
 				t.Fatal(err)
 			}
 			var modes []int
-			if _, _, err := walkZstdFrame(stream, func(at, size int) {
-				if i, ok := seqModesByte(stream[at : at+size]); ok {
-					modes = append(modes, at+i)
+			if _, _, err := walkZstdFrame(stream, func(b zstdBlock) {
+				if b.typ != zstdCompressed {
+					return
+				}
+				if i, ok := seqModesByte(stream[b.at : b.at+b.size]); ok {
+					modes = append(modes, b.at+i)
 				}
 			}); err != nil {
 				t.Fatalf("cluster at %#x: %v", off, err)
