@@ -149,6 +149,7 @@ func main() {
 			DisableReadDirPlus:  true,
 			DisableXAttrs:       true,
 			DisableSplice:       true,
+			ExtraCapabilities:   fuse.CAP_ASYNC_DIO, // as chainfs (fs/mount.go)
 		},
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
