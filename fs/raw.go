@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -82,6 +83,8 @@ func (n *rawNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 	if off >= n.layer.Size {
 		return fuse.ReadResultData(nil), 0
 	}
+	readStarts()
+	defer readsNow.Add(-1)
 	var got int
 	var err error
 	if h, ok := fh.(*rawHandle); ok {
@@ -96,6 +99,25 @@ func (n *rawNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off
 	r := readResults.Get().(*readResult)
 	r.b = dest[:got]
 	return r, 0
+}
+
+// readsNow counts the reads of views being served, and readsPeak keeps
+// the most there have been at once: a queue of O_DIRECT reads (libaio,
+// io_uring) reaches the daemon in parallel only with FUSE_ASYNC_DIO
+// (mount.go), and this shows it did.
+var readsNow, readsPeak atomic.Int64
+
+// PeakConcurrentReads returns the most reads of .raw views that this
+// process has served at once, over all its mounts.
+func PeakConcurrentReads() int64 { return readsPeak.Load() }
+
+func readStarts() {
+	now := readsNow.Add(1)
+	for peak := readsPeak.Load(); now > peak; peak = readsPeak.Load() {
+		if readsPeak.CompareAndSwap(peak, now) {
+			return
+		}
+	}
 }
 
 // readResult is fuse.ReadResultData's result, back in a pool once go-fuse

@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -103,5 +105,51 @@ func TestConcurrentReads(t *testing.T) {
 	t.Logf("%d reads, %d bytes from %d readers over %d views", reads.Load(), bytesRead.Load(), readers, len(views))
 	if reads.Load() < readers*10 {
 		t.Errorf("only %d reads in %v", reads.Load(), duration)
+	}
+}
+
+// TestDirectQueue: QEMU reads a view as a VM's disk or a backup tool
+// does, with Linux AIO (io_submit), O_DIRECT and 16 requests in flight
+// (qemu-img convert -m 16, aio=native, cache.direct=on), and gets the
+// bytes qemu-img convert reads from the image itself. The requests reach
+// the daemon together, not one at a time: that takes FUSE_ASYNC_DIO,
+// which go-fuse does not ask for by itself. The daemon's statistics,
+// logged on SIGUSR1, show the most reads it served at once.
+func TestDirectQueue(t *testing.T) {
+	imagetest.Need(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	base := imagetest.Create(t, dir, "base.raw", "raw", 64<<20)
+	imagetest.QemuIO(t, "raw", base, "write -P 0x5a 0 64M")
+	top := imagetest.Create(t, dir, "top.qcow2", "qcow2", 0, "backing_file=base.raw", "backing_fmt=raw")
+	imagetest.QemuIO(t, "qcow2", top, "write -P 0x6b 1M 8M", "write -c -P 0x7c 20M 4M", "write -z 40M 2M")
+	mnt := mount(t, top)
+
+	out := filepath.Join(dir, "out.raw")
+	imagetest.QemuImg(t, "convert", "-m", "16", "-W", "--image-opts",
+		"driver=raw,file.driver=file,file.aio=native,cache.direct=on,file.filename="+filepath.Join(mnt, "0-top.qcow2.raw"),
+		"-O", "raw", out)
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := imagetest.ConvertRaw(t, top, "qcow2"); !bytes.Equal(got, want) {
+		t.Fatalf("read with Linux AIO and O_DIRECT (%d bytes): differs from qemu-img convert of the image (%d bytes)", len(got), len(want))
+	}
+
+	if err := syscall.Kill(serverPID(t, mnt), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	peak := regexp.MustCompile(`reads_at_once_peak=(\d+)`)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if m := peak.FindStringSubmatch(mountLog(t, mnt)); m != nil {
+			if n, _ := strconv.Atoi(m[1]); n < 2 {
+				t.Fatalf("16 O_DIRECT reads in flight reached the daemon one at a time (%s)", m[0])
+			}
+			t.Logf("%s", m[0])
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no statistics logged 10 s after SIGUSR1")
+		}
 	}
 }

@@ -7,13 +7,14 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	chainfs "github.com/chainfs/chainfs/fs"
 	"github.com/chainfs/chainfs/layers"
 )
 
 // logCacheStatsOnSignal logs the chain cache's counters each time the
 // server gets SIGUSR1, as daemons such as dnsmasq dump their caches: how
-// often reads found compressed clusters inflated in memory, and what
-// read-ahead did. tests/bench/compare.sh reads them around each run.
+// often reads found compressed clusters inflated in memory, what
+// read-ahead did, and the most view reads served at once. tests/bench/compare.sh reads them around each run.
 func logCacheStatsOnSignal(log logrus.FieldLogger, cache *layers.Cache) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGUSR1)
@@ -34,5 +35,6 @@ func logCacheStats(log logrus.FieldLogger, cache *layers.Cache) {
 		"readahead_unused":   s.ReadAheadUnused,
 		"cluster_bytes":      s.ClusterBytes,
 		"readahead_bytes":    s.ReadAheadBytes,
+		"reads_at_once_peak": chainfs.PeakConcurrentReads(),
 	}).Info("cache statistics")
 }
