@@ -29,11 +29,12 @@ func cpus() int { return min(runtime.GOMAXPROCS(0), runtime.NumCPU()) }
 type Stream struct {
 	l  *Layer
 	mu sync.Mutex
-	// next is the end of the furthest read, last the end of the latest;
-	// ahead the end of what was given to read-ahead; idle how far reads
-	// go on without read-ahead after a range ahead held no compressed
+	// next is the end of the furthest read since the reader last jumped,
+	// last the end of the latest; ahead the end of what was given to
+	// read-ahead; reads that end in [idleFrom, idleTo) go without
+	// read-ahead, after a range ahead from idleFrom held no compressed
 	// cluster.
-	next, last, ahead, idle int64
+	next, last, ahead, idleFrom, idleTo int64
 }
 
 // NewStream returns a Stream that reads l.
@@ -61,12 +62,22 @@ const (
 func (s *Stream) ReadAt(p []byte, off int64) (int, error) {
 	if from, to := s.advance(off, int64(len(p))); from < to {
 		if !s.l.readAhead(from, to-from) {
-			s.mu.Lock()
-			s.idle = max(s.idle, to+idleAhead)
-			s.mu.Unlock()
+			s.idleAfter(from, to)
 		}
 	}
 	return s.l.ReadAt(p, off)
+}
+
+// idleAfter records that [from, to) held no compressed cluster to read
+// ahead: reads go on without read-ahead until idleAhead past it, and
+// with it again anywhere else. (A filesystem's first reads, made when it
+// is mounted or probed, are at the end of the device: a pause that
+// reached back from there would leave the rest of the device without
+// read-ahead.)
+func (s *Stream) idleAfter(from, to int64) {
+	s.mu.Lock()
+	s.idleFrom, s.idleTo = from, to+idleAhead
+	s.mu.Unlock()
 }
 
 // advance records a read of [off, off+n) and returns the range to read
@@ -90,8 +101,12 @@ func (s *Stream) advance(off, n int64) (from, to int64) {
 	frontier := off <= s.next && end >= s.next-slack
 	seq := frontier || off >= s.last && off <= s.last+maxGap
 	s.last = end
-	s.next = max(s.next, end)
-	if !seq || end < s.idle {
+	if seq {
+		s.next = max(s.next, end)
+	} else {
+		s.next = end // a jump: the reads from here are the stream
+	}
+	if !seq || end > s.idleFrom && end < s.idleTo {
 		return 0, 0
 	}
 	anchor := end
