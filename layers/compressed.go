@@ -23,6 +23,8 @@ func inflateZlib(dst, src []byte) error { return inflate(dst, src) }
 
 var zstdPool sync.Pool // of *zstd.Decoder
 
+var errZstdTooLong = errors.New("zstd frame holds more than one cluster")
+
 // decodeSlack is how far past the end of its output klauspost's zstd
 // decoder may write on its fast path (the sequence copies store whole
 // words): with less room it takes a path with a bounds check per copy,
@@ -72,7 +74,6 @@ func inflateZstd(dst, src []byte) error {
 		}
 	}
 	defer zstdPool.Put(d)
-	errTooLong := errors.New("zstd frame holds more than one cluster")
 	out := dst[: 0 : len(dst)+decodeSlack]
 	for len(out) < len(dst) {
 		var modes []int
@@ -95,7 +96,7 @@ func inflateZstd(dst, src []byte) error {
 		if fixed > len(dst)-len(out) {
 			// Known before decoding; the decoder would find it after
 			// appending past the cap limit, and say so on stderr.
-			return errTooLong
+			return errZstdTooLong
 		}
 		if modes != nil {
 			frame = clearReservedModeBits(frame, modes)
@@ -103,7 +104,7 @@ func inflateZstd(dst, src []byte) error {
 		out, err = d.DecodeAll(frame, out)
 		switch {
 		case err == zstd.ErrDecoderSizeExceeded || len(out) > len(dst):
-			return errTooLong
+			return errZstdTooLong
 		case err != nil:
 			return err
 		}
