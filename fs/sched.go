@@ -22,7 +22,12 @@ import (
 // context switches and 56 µs of daemon CPU per 4 KiB read, against 1.15
 // and 28 µs with more Ps than readers can hold (issue 10: 2 CPUs, fio and
 // the server at real-time priority so that other load does not blur it;
-// IOPS +40% at 4 KiB, +50% at 64 KiB).
+// IOPS +40% at 4 KiB, +50% at 64 KiB). Those queues still reached the
+// daemon one read at a time (no FUSE_ASYNC_DIO then, mount.go). Measured
+// again with them reaching it 2 to 4 at once, the raise does no harm and
+// helps a little on the medians: the bench ceiling, 3 rounds of 4 s, as
+// here against GOMAXPROCS 2, 4 KiB at iodepth 32 92k IOPS against 86k
+// (74-95k, 84-86k), 4 psync jobs 65k against 60k (65-69k, 50-67k).
 //
 // So the server is made with few readers (DefaultReaders) and then runs
 // with GOMAXPROCS raised to the CPUs plus the readers plus one: room for
