@@ -3,6 +3,7 @@ package layers
 import (
 	"bytes"
 	stdflate "compress/flate"
+	"encoding/binary"
 	"io"
 	"os"
 	"os/exec"
@@ -30,7 +31,10 @@ import (
 //
 // With INFLATE_BENCH_DIR set, the images are kept there and reused by the
 // next run, which then starts no process (for valgrind --tool=callgrind,
-// which counts instructions whatever else the machine runs).
+// which counts instructions whatever else the machine runs), and each
+// image's compressed streams are written beside it (ctype.streams: a
+// little-endian uint32 length, then the stream as the image stores it),
+// for the C decoders of tests/bench/decoders.sh.
 
 // cloudLike returns about n bytes of files from the Go installation that
 // runs the benchmark, alternating source files and binaries.
@@ -131,6 +135,16 @@ func compressedClusters(b *testing.B, ctype string) *benchClusters {
 	}
 	if len(bc.streams) == 0 {
 		b.Fatal("no compressed clusters")
+	}
+	if os.Getenv("INFLATE_BENCH_DIR") != "" {
+		var out []byte
+		for _, s := range bc.streams {
+			out = binary.LittleEndian.AppendUint32(out, uint32(len(s)))
+			out = append(out, s...)
+		}
+		if err := os.WriteFile(filepath.Join(dir, ctype+".streams"), out, 0o644); err != nil {
+			b.Fatal(err)
+		}
 	}
 	benchStreams.Store(ctype, bc)
 	return bc

@@ -14,7 +14,8 @@ import (
 // logCacheStatsOnSignal logs the chain cache's counters each time the
 // server gets SIGUSR1, as daemons such as dnsmasq dump their caches: how
 // often reads found compressed clusters inflated in memory, what
-// read-ahead did, and the most view reads served at once. tests/bench/compare.sh reads them around each run.
+// read-ahead did, and the most view reads served at once.
+// tests/bench/compare.sh reads them around each run.
 func logCacheStatsOnSignal(log logrus.FieldLogger, cache *layers.Cache) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGUSR1)

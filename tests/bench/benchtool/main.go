@@ -29,7 +29,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		die("usage: benchtool random|stripes|text|diffclusters|clusters|drop|resident|run|quiet|fioiops|hwm|report|cachereport ...")
+		die("usage: benchtool random|stripes|text|diffclusters|drop|resident|run|quiet|fioiops|hwm|report|cachereport ...")
 	}
 	args := os.Args[2:]
 	var err error
@@ -42,8 +42,6 @@ func main() {
 		err = cmdText(args)
 	case "diffclusters":
 		err = cmdDiffClusters(args)
-	case "clusters":
-		err = cmdClusters(args)
 	case "drop":
 		err = cmdDrop(args, true)
 	case "resident":

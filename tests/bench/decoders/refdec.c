@@ -5,7 +5,8 @@
 //
 //	refdec zlib|zstd CLUSTERS CLUSTER_SIZE
 //
-// CLUSTERS is `benchtool clusters` output: each compressed stream as a
+// CLUSTERS is what BenchmarkInflate writes with INFLATE_BENCH_DIR set
+// (layers/inflate_bench_test.go): each compressed stream as a
 // little-endian uint32 length and the stream, padded as qcow2 stores it.
 // zlib streams are inflated by zlib (as QEMU does: raw deflate, window
 // 2^12, until the cluster is full) and by libdeflate; zstd frames by
